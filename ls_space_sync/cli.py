@@ -1,0 +1,254 @@
+"""Command line: ``ls-space-sync [--config FILE] COMMAND``.
+
+Exit codes: 0 ok, 1 a project failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .labelstudio import LabelStudioError
+from .logs import setup_logging
+from .settings import ConfigError, Settings, load_settings
+from .store import ProjectLocked, ProjectStore, StoreError
+
+log = logging.getLogger("ls_space_sync")
+
+
+@dataclass
+class Context:
+    """What every command gets: the config path and lazily built settings and syncer."""
+
+    config: str | None
+    verbose: int
+    _settings: Settings | None = None
+    _syncer: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config, overrides=self.overrides)
+        return self._settings
+
+    @property
+    def syncer(self) -> Any:
+        if self._syncer is None:
+            from .sync import Syncer
+
+            self._syncer = Syncer(self.settings)
+        return self._syncer
+
+    def store(self, project_id: int) -> ProjectStore:
+        return ProjectStore(self.settings.resolved_store_root, project_id)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "-c", "config", metavar="FILE", help="YAML config (default: ./config.yaml if present).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Override data_dir (state.db and datasets/).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="ls-space-sync")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, data_dir: Path | None, verbose: int) -> None:
+    """Mirror Label Studio projects into versioned Lance datasets, and push them back.
+
+    Settings come from the YAML config and the environment (LABEL_STUDIO_URL,
+    LABEL_STUDIO_API_KEY, LS_SPACE_SYNC__SECTION__KEY); see config.example.yaml.
+    """
+    obj = Context(config=config, verbose=verbose)
+    if data_dir is not None:
+        obj.overrides["data_dir"] = str(data_dir)
+    ctx.obj = obj
+
+
+def _projects(ctx: Context, project: tuple[int, ...]) -> list[int]:
+    return list(project) or ctx.syncer.project_ids()
+
+
+@main.command()
+@click.option("--project", "-p", type=int, multiple=True, help="Project id (repeatable; default: the configured projects).")
+@click.option("--full-scan", is_flag=True, help="Scan every task's stamps even if the task count adds up.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@pass_ctx
+def sync(ctx: Context, project: tuple[int, ...], full_scan: bool, progress: bool | None) -> None:
+    """Sync each project once: one tagged version per project that changed.
+
+    With no Label Studio URL configured, starts a local Label Studio with a sample project
+    (installed into DATA_DIR/label-studio-venv on first use), syncs it and shows its tags.
+    """
+    setup_logging(ctx.settings.log_format, ctx.verbose)
+    if not ctx.settings.label_studio.url:
+        from .quickstart import run_demo
+
+        sys.exit(run_demo(ctx.settings))
+    failed = sync_projects(ctx.syncer, _projects(ctx, project), full_scan=full_scan, progress=progress)
+    sys.exit(1 if failed else 0)
+
+
+def sync_projects(syncer: Any, project_ids: list[int], *, full_scan: bool = False, progress: bool | None = None,
+                  echo: Callable[[str], None] = click.echo) -> list[int]:
+    """Run ``run_once`` for each project, print a summary line each; return the ids that failed."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    failed = []
+    for pid in project_ids:
+        bar = tqdm(desc=f"project {pid}", unit="task", disable=not show, leave=False)
+
+        def advance(done: int, total: int | None, bar: Any = bar) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            result = syncer.run_once(pid, full_scan=full_scan, progress=advance)
+            echo(result.summary())
+        except (LabelStudioError, StoreError, ProjectLocked, ValueError) as exc:
+            failed.append(pid)
+            echo(f"project {pid}: FAILED: {exc}")
+        finally:
+            bar.close()
+    return failed
+
+
+@main.command()
+@click.option("--project", "-p", type=int, help="Only this project.")
+@click.option("--limit", "-n", default=20, show_default=True, help="How many runs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+def runs(ctx: Context, project: int | None, limit: int, as_json: bool) -> None:
+    """Show the latest sync runs, newest first."""
+    from .state import StateDB
+
+    state = StateDB(ctx.settings.resolved_state_url)
+    rows = state.runs(project, limit=limit)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps({
+                "run_id": r.run_id, "project": r.project_id, "kind": r.kind, "trigger": r.trigger,
+                "status": r.status, "started_at": r.started_at.isoformat(),
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "seconds": r.duration_seconds, "inserted": r.inserted, "updated": r.updated,
+                "deleted": r.deleted, "version": r.version, "tag": r.tag, "full_scan": r.full_scan,
+                "requests": r.requests, "error": r.error,
+            }))
+        return
+    click.echo(f"{'started (UTC)':20} {'project':>7} {'kind':5} {'status':9} {'ins':>6} {'upd':>6} {'del':>6} "
+               f"{'version':>7} {'tag':12} {'secs':>6}  error")
+    for r in rows:
+        secs = f"{r.duration_seconds:.1f}" if r.duration_seconds is not None else "-"
+        click.echo(f"{r.started_at:%Y-%m-%d %H:%M:%S}  {r.project_id:>7} {r.kind:5} {r.status:9} {r.inserted:>6} "
+                   f"{r.updated:>6} {r.deleted:>6} {r.version or '-':>7} {r.tag or '-':12} {secs:>6}  "
+                   f"{(r.error or '')[:80]}")
+
+
+@main.command()
+@click.option("--project", "-p", type=int, multiple=True, help="Project id (default: every stored project).")
+@pass_ctx
+def tags(ctx: Context, project: tuple[int, ...]) -> None:
+    """List each project's tagged versions with their time and change counts."""
+    ids = list(project) or stored_project_ids(ctx.settings.resolved_store_root)
+    for pid in ids:
+        store = ctx.store(pid)
+        click.echo(f"project {pid} ({store.uri}):")
+        for v in store.versions():
+            if not v["tags"]:
+                continue
+            c = v["counts"] or {}
+            click.echo(f"  {', '.join(v['tags']):14} v{v['version']:<5} {v['timestamp']:%Y-%m-%d %H:%M:%S}Z "
+                       f"{v['rows']:>8} tasks  +{c.get('inserted', 0)} ~{c.get('updated', 0)} -{c.get('deleted', 0)}")
+
+
+def stored_project_ids(root: Path) -> list[int]:
+    """Ids of the projects that have a dataset under ``root``."""
+    out = []
+    for p in Path(root).glob("project-*.lance"):
+        try:
+            out.append(int(p.name[len("project-"):-len(".lance")]))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def version_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tag``, ``--version`` and ``--as-of`` options (at most one) for commands that read a version."""
+    fn = click.option("--as-of", "as_of", metavar="TIME", help="The version current at this UTC time (ISO 8601).")(fn)
+    fn = click.option("--version", "version", type=int, help="A version number.")(fn)
+    fn = click.option("--tag", "tag", help="A tag, e.g. run-000003.")(fn)
+    return fn
+
+
+def pick_version(tag: str | None, version: int | None, as_of: str | None) -> dict[str, Any]:
+    """Turn the version options into ``ProjectStore.dataset`` arguments; exit 2 if more than one is given."""
+    given = [x for x in (tag, version, as_of) if x is not None]
+    if len(given) > 1:
+        raise click.UsageError("give at most one of --tag, --version and --as-of")
+    if as_of is not None:
+        return {"as_of": as_of}
+    return {"version": tag if tag is not None else version}
+
+
+@main.command()
+@click.option("--project", "-p", type=int, required=True, help="Project id.")
+@version_options
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="File to write (default: stdout for jsonl).")
+@click.option("--rows", "as_rows", is_flag=True, help="jsonl of stored rows instead of Label Studio task JSON.")
+@pass_ctx
+def read(ctx: Context, project: int, tag: str | None, version: int | None, as_of: str | None, fmt: str,
+         output: Path | None, as_rows: bool) -> None:
+    """Write a project's tasks at a tag, version or time as JSONL (Label Studio task JSON) or Parquet."""
+    import pyarrow.parquet as pq
+
+    from .records import row_to_task
+
+    ds = ctx.store(project).dataset(**pick_version(tag, version, as_of))
+    if fmt == "parquet":
+        if output is None:
+            raise click.UsageError("--format parquet needs --output FILE")
+        with pq.ParquetWriter(str(output), ds.schema) as writer:
+            for batch in ds.to_batches():
+                writer.write_batch(batch)
+        click.echo(f"wrote {ds.count_rows()} tasks of project {project} v{ds.version} to {output}", err=True)
+        return
+    out = output.open("w") if output else sys.stdout
+    try:
+        for batch in ds.to_batches():
+            for row in batch.to_pylist():
+                obj = row if as_rows else row_to_task(row)
+                out.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            out.close()
+            click.echo(f"wrote {ds.count_rows()} tasks of project {project} v{ds.version} to {output}", err=True)
+
+
+def run() -> None:
+    """Entry point with the error policy: config errors exit 2, one line, no traceback."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (LabelStudioError, StoreError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

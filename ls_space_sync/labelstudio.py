@@ -1,0 +1,296 @@
+"""The only module that talks to Label Studio: SDK calls, paging, retries, error mapping.
+
+Built on label-studio-sdk 2.x (httpx). Task listings are read as the server's raw JSON through
+the SDK's own HTTP client rather than as SDK models: the models add default keys the server never
+sent and cost most of a listing's time (label-studio-facts.md). Everything else goes through the
+SDK's typed methods.
+
+Retries: connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
+jitter (``retries`` times, waits capped at ``max_wait`` seconds); 401/403 raise
+:class:`AuthError` and 404 :class:`NotFound` at once. Messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Keys a full scan asks for: enough for a stamp (see changes.py), nothing more.
+STAMP_FIELDS = "id,created_at,updated_at,total_annotations,cancelled_annotations,total_predictions"
+
+
+class LabelStudioError(Exception):
+    """A Label Studio request failed; the message says what to do about it."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(LabelStudioError):
+    """The server rejected the API key (401) or its user may not do this (403)."""
+
+
+class NotFound(LabelStudioError):
+    """The project or task does not exist on the server (404)."""
+
+
+class ServerUnavailable(LabelStudioError):
+    """The server could not be reached, timed out, or kept answering 429/5xx after all retries."""
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, ApiError):
+        return exc.status_code == 429 or (exc.status_code or 0) >= 500
+    return False
+
+
+def _body_text(body: Any, limit: int = 300) -> str:
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    return text[:limit]
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    """What a sync needs to know of a project (``GET /api/projects/{id}``)."""
+
+    id: int
+    title: str
+    task_number: int
+    label_config: str
+    server_time: datetime  # the response's Date header, UTC (1 s resolution)
+
+
+class LabelStudioClient:
+    """A Label Studio server, through the official SDK.
+
+    Args:
+        url: the server's base URL (``LABEL_STUDIO_URL``).
+        api_key: a legacy token or personal access token (``LABEL_STUDIO_API_KEY``).
+        timeout: seconds per request.
+        retries: retries of a transient failure (so ``retries + 1`` attempts).
+        max_wait: cap, in seconds, of one backoff wait.
+        httpx_client: transport to use (tests); the default counts requests in :attr:`requests`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = 60.0,
+        retries: int = 5,
+        max_wait: float = 30.0,
+        httpx_client: httpx.Client | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.requests = 0
+        self._retries = retries
+        self._max_wait = max_wait
+        http = httpx_client or httpx.Client(timeout=timeout, follow_redirects=True)
+        http.event_hooks.setdefault("request", []).append(self._count)
+        # max_retries=0: one retry policy, ours, for SDK and raw calls alike.
+        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout, max_retries=0, httpx_client=http)
+        self._http = self.sdk._client_wrapper.httpx_client
+
+    def _count(self, request: httpx.Request) -> None:
+        self.requests += 1
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.sdk._client_wrapper.httpx_client.httpx_client.close()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an SDK call with retries; map failures to :class:`LabelStudioError` subclasses.
+
+        Args:
+            what: the object asked for, for messages (``"project 3"``).
+        """
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self._retries + 1),
+            wait=wait_exponential_jitter(initial=0.5, max=self._max_wait),
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "Label Studio request for %s failed (%s); retry %d of %d",
+                what, type(rs.outcome.exception()).__name__, rs.attempt_number, self._retries,
+            ),
+        )
+        try:
+            return retrying(fn, *args, **kwargs)
+        except ApiError as exc:
+            raise self._map(exc, what) from None
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(
+                f"cannot reach Label Studio at {self.url} for {what} after {self._retries + 1} attempts "
+                f"({type(exc).__name__}); check that the server is running and label_studio.url is right"
+            ) from None
+
+    def _map(self, exc: ApiError, what: str) -> LabelStudioError:
+        status = exc.status_code
+        if status == 401:
+            return AuthError(
+                f"Label Studio at {self.url} rejected the API key (401); set LABEL_STUDIO_API_KEY or "
+                "label_studio.api_key to a valid token (Account & Settings; legacy tokens need "
+                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on the server)",
+                status,
+            )
+        if status == 403:
+            return AuthError(f"Label Studio at {self.url} does not allow this user to read {what} (403)", status)
+        if status == 404:
+            return NotFound(f"{what} does not exist on Label Studio at {self.url} (404); check the id", status)
+        if status == 429 or (status or 0) >= 500:
+            return ServerUnavailable(
+                f"Label Studio at {self.url} kept failing for {what} (HTTP {status}) after "
+                f"{self._retries + 1} attempts: {_body_text(exc.body)}",
+                status,
+            )
+        return LabelStudioError(f"Label Studio refused the request for {what} (HTTP {status}): {_body_text(exc.body)}", status)
+
+    def _raw(self, what: str, path: str, *, method: str = "GET", params: dict[str, Any] | None = None,
+             json_body: Any = None) -> httpx.Response:
+        def once() -> httpx.Response:
+            resp = self._http.request(path, method=method, params=params, json=json_body,
+                                      request_options={"max_retries": 0})
+            if resp.status_code >= 400:
+                try:
+                    body: Any = resp.json()
+                except ValueError:
+                    body = resp.text
+                raise ApiError(status_code=resp.status_code, body=body)
+            return resp
+
+        return self.call(what, once)
+
+    # --- projects ----------------------------------------------------------------------------
+
+    def project(self, project_id: int) -> ProjectInfo:
+        """Read a project: title, task count, label config, and the server's clock.
+
+        Raises:
+            NotFound: no such project. AuthError: bad token. ServerUnavailable: server down.
+        """
+        resp = self._raw(f"project {project_id}", f"api/projects/{int(project_id)}/")
+        body = resp.json()
+        try:
+            server_time = parsedate_to_datetime(resp.headers["date"]).astimezone(timezone.utc)
+        except (KeyError, TypeError, ValueError):
+            server_time = datetime.now(timezone.utc)
+        return ProjectInfo(
+            id=int(body["id"]),
+            title=body.get("title") or "",
+            task_number=int(body.get("task_number") or 0),
+            label_config=body.get("label_config") or "",
+            server_time=server_time,
+        )
+
+    def project_ids(self) -> list[int]:
+        """Ids of every project the token can see, ascending."""
+        ids: list[int] = []
+        page = 1
+        while True:
+            try:
+                resp = self._raw("the project list", "api/projects/", params={"page": page, "page_size": 100})
+            except NotFound:
+                break  # a page past the end
+            body = resp.json()
+            results = body.get("results", body) if isinstance(body, dict) else body
+            ids += [int(p["id"]) for p in results]
+            if not isinstance(body, dict) or not body.get("next"):
+                break
+            page += 1
+        return sorted(ids)
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def iter_task_pages(
+        self,
+        project_id: int,
+        *,
+        updated_after: datetime | None = None,
+        ids: Sequence[int] | None = None,
+        fields: str = "all",
+        include: str | None = None,
+        page_size: int = 500,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield a project's tasks as raw JSON objects, one list per page, in ascending id order.
+
+        Paging is by key (``id > last id seen``, always page 1), not by page number: an OFFSET page
+        shifts when a task enters the filter mid-scan and would skip a task (label-studio-facts.md).
+
+        Args:
+            updated_after: only tasks with ``updated_at`` strictly after this UTC time (the
+                Data Manager filter ``filter:tasks:updated_at``, exact to the microsecond).
+            ids: only these task ids (fetched in chunks of ``page_size``).
+            fields: ``"all"`` (annotations and predictions as full objects) or ``"task_only"``.
+            include: comma-separated keys to return (``fields`` still applies).
+            page_size: tasks per request.
+        """
+        if ids is not None:
+            wanted = sorted(set(int(i) for i in ids))
+            for start in range(0, len(wanted), page_size):
+                chunk = wanted[start:start + page_size]
+                items = [
+                    {"filter": "filter:tasks:id", "operator": "greater_or_equal", "type": "Number", "value": chunk[0]},
+                    {"filter": "filter:tasks:id", "operator": "less_or_equal", "type": "Number", "value": chunk[-1]},
+                ]
+                keep = set(chunk)
+                for page in self._keyset(project_id, items, fields, include, page_size):
+                    hits = [t for t in page if t.get("id") in keep]
+                    if hits:
+                        yield hits
+            return
+        items = []
+        if updated_after is not None:
+            value = updated_after.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            items.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": value})
+        yield from self._keyset(project_id, items, fields, include, page_size)
+
+    def _keyset(self, project_id: int, items: list[dict[str, Any]], fields: str, include: str | None,
+                page_size: int) -> Iterator[list[dict[str, Any]]]:
+        last_id: int | None = None
+        while True:
+            page_items = list(items)
+            if last_id is not None:
+                page_items.append({"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last_id})
+            query = {"filters": {"conjunction": "and", "items": page_items}, "ordering": ["tasks:id"]}
+            params: dict[str, Any] = {"project": int(project_id), "page": 1, "page_size": page_size,
+                                      "fields": fields, "query": json.dumps(query)}
+            if include:
+                params["include"] = include
+            try:
+                resp = self._raw(f"tasks of project {project_id}", "api/tasks/", params=params)
+            except NotFound:
+                return  # an empty result answers 404 on some versions
+            body = resp.json()
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            if not tasks:
+                return
+            yield tasks
+            if len(tasks) < page_size:
+                return
+            last_id = max(int(t["id"]) for t in tasks)
+
+    def iter_stamp_pages(self, project_id: int, page_size: int = 5000) -> Iterator[list[dict[str, Any]]]:
+        """Yield every task's stamp fields (:data:`STAMP_FIELDS`), a page at a time: the full scan."""
+        yield from self.iter_task_pages(project_id, fields="task_only", include=STAMP_FIELDS, page_size=page_size)
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        """One task as the server's raw JSON (``GET /api/tasks/{id}``), with annotations and predictions."""
+        return self._raw(f"task {task_id}", f"api/tasks/{int(task_id)}/").json()

@@ -1,0 +1,218 @@
+"""One settings object: a YAML file plus environment variables.
+
+This is the only module that reads the environment. Sources, later wins:
+
+1. embedded defaults (SQLite state and a local Lance store under ``data_dir``);
+2. the YAML file (``--config``, else ``$LS_SPACE_SYNC_CONFIG``, else ``./config.yaml`` if present);
+3. environment variables: ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` as in Label Studio's
+   own tools (ml-backend, SDK), and ``LS_SPACE_SYNC__SECTION__KEY`` for any other key, dlt-style
+   (``LS_SPACE_SYNC__SYNC__LAG_SECONDS=30``; values are parsed as YAML scalars).
+
+Invalid input raises :class:`ConfigError` whose message names the key and the fix; the CLI
+prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "LS_SPACE_SYNC__"
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelStudioSettings(_Section):
+    """How to reach the Label Studio server (``label_studio:`` in YAML)."""
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    timeout_seconds: float = Field(60.0, gt=0)
+    retries: int = Field(5, ge=0)
+    retry_max_wait_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://, e.g. http://localhost:8080")
+        return v.rstrip("/")
+
+
+class SyncSettings(_Section):
+    """Pull-sync tuning (``sync:`` in YAML). Times in seconds."""
+
+    page_size: int = Field(500, ge=1, le=10000)
+    scan_page_size: int = Field(5000, ge=1, le=100000)
+    lag_seconds: float = Field(10.0, ge=0)
+    full_scan_every: int = Field(20, ge=0)  # 0: only when the task count disagrees
+    interval_seconds: float = Field(300.0, gt=0)
+
+
+class ServerSettings(_Section):
+    """HTTP endpoints of the daemon (``server:`` in YAML)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+    webhook_secret: SecretStr | None = None
+    webhook_header: str = "X-LS-Space-Sync-Secret"
+    debounce_seconds: float = Field(2.0, ge=0)
+    max_body_bytes: int = Field(5_000_000, gt=0)
+    public_url: str | None = None
+
+
+class Settings(_Section):
+    """All settings. Paths are resolved against the current directory."""
+
+    label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    projects: list[int] | Literal["all"] = "all"
+    data_dir: Path = Path("./ls-space-data")
+    state_url: str | None = None
+    store_root: Path | None = None
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    schedules: dict[int, dict[str, Any]] = Field(default_factory=dict)
+    mirrors: list[dict[str, Any]] = Field(default_factory=list)
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("projects", mode="before")
+    @classmethod
+    def _projects(cls, v: Any) -> Any:
+        if isinstance(v, (int, str)) and str(v).strip().isdigit():
+            return [int(v)]
+        if isinstance(v, str) and "," in v:
+            return [int(p) for p in v.split(",") if p.strip()]
+        return v
+
+    @property
+    def resolved_state_url(self) -> str:
+        """The SQLAlchemy URL of the state database (default: SQLite file in ``data_dir``)."""
+        return self.state_url or f"sqlite:///{(self.data_dir / 'state.db').resolve()}"
+
+    @property
+    def resolved_store_root(self) -> Path:
+        """The folder that holds one Lance dataset per project."""
+        return (self.store_root or self.data_dir / "datasets").resolve()
+
+    def require_label_studio(self) -> tuple[str, str]:
+        """Return ``(url, api_key)``; raise :class:`ConfigError` naming the fix if either is missing."""
+        if not self.label_studio.url:
+            raise ConfigError(
+                "label_studio.url is not set: add it to the config file or set LABEL_STUDIO_URL "
+                "(e.g. http://localhost:8080)"
+            )
+        if self.label_studio.api_key is None or not self.label_studio.api_key.get_secret_value():
+            raise ConfigError(
+                "label_studio.api_key is not set: add it to the config file or set "
+                "LABEL_STUDIO_API_KEY (Label Studio > Account & Settings > Access Token)"
+            )
+        return self.label_studio.url, self.label_studio.api_key.get_secret_value()
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        node = tree.get(key)
+        if not isinstance(node, dict):
+            node = tree[key] = {}
+        tree = node
+    tree[path[-1]] = value
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if env.get("LABEL_STUDIO_URL"):
+        _set_path(out, ["label_studio", "url"], env["LABEL_STUDIO_URL"])
+    if env.get("LABEL_STUDIO_API_KEY"):
+        _set_path(out, ["label_studio", "api_key"], env["LABEL_STUDIO_API_KEY"])
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        secret = path[-1] in {"api_key", "webhook_secret"}
+        _set_path(out, path, raw if secret else yaml.safe_load(raw))
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("list[", "literal[")))
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling against config.example.yaml"
+        elif key.startswith("projects"):
+            msg = "must be a list of project ids like [1, 2] or the word all"
+        else:
+            msg = e["msg"]
+        # Never echo the offending value: it may be a secret.
+        lines.append(f"  {key or '<top level>'}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a YAML file and the environment.
+
+    Args:
+        config_path: YAML file; ``None`` means ``$LS_SPACE_SYNC_CONFIG`` or ``./config.yaml`` if present.
+        env: environment mapping (default: ``os.environ``).
+        overrides: nested dict applied last (used by the CLI for flags).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key is unknown or has a bad value.
+    """
+    env = dict(os.environ if env is None else env)
+    explicit = config_path is not None or bool(env.get(ENV_PREFIX + "CONFIG"))
+    path = Path(config_path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path.exists():
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}; fix the syntax (see config.example.yaml)")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a YAML mapping of keys (see config.example.yaml)")
+        data = loaded
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config")
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def server_venv_override(env: dict[str, str] | None = None) -> str | None:
+    """Where tests and benchmarks keep the Label Studio server's virtualenv (``LS_SPACE_SYNC_TEST_LS_VENV``)."""
+    env = os.environ if env is None else env
+    return env.get("LS_SPACE_SYNC_TEST_LS_VENV")

@@ -1,0 +1,300 @@
+"""The versioned dataset: one Lance dataset per Label Studio project.
+
+Each sync run that changes something commits exactly one Lance version (inserts, updates and
+deletes together, through ``merge_insert`` with ``when_not_matched_by_source_delete``), stamped
+with the run's properties (``run_id``, the cursor it reached, the label config) in the version's
+transaction, then tagged. Lance commits are atomic: a process killed mid-run leaves the dataset at
+its last version. Two writers on one dataset = last writer wins, so callers hold
+:func:`project_lock` around every write.
+
+Rows are staged on disk (Arrow IPC, memory-mapped on read) while pages arrive, so a sync holds
+one page of tasks in memory, not the project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lance
+import pyarrow as pa
+from filelock import FileLock, Timeout
+
+from .changes import Stamp, stamp_of
+from .records import STAMP_COLUMNS, parse_ts
+
+PROP_PREFIX = "ls_space_sync."
+
+
+class StoreError(Exception):
+    """A dataset, version or tag that does not exist, or a write that cannot proceed."""
+
+
+class ProjectLocked(StoreError):
+    """Another process or thread is writing this project's dataset."""
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@contextmanager
+def project_lock(root: Path, project_id: int) -> Iterator[None]:
+    """Hold the one-writer lock of a project's dataset, or raise :class:`ProjectLocked` at once.
+
+    An OS file lock (``<root>/project-<id>.lock``, fcntl on POSIX) that the kernel releases when
+    its holder dies, so a crashed sync never blocks the next one; plus a thread lock, because file
+    locks do not exclude threads of the same process.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    path = str(root / f"project-{project_id}.lock")
+    with _thread_locks_guard:
+        tlock = _thread_locks.setdefault(path, threading.Lock())
+    if not tlock.acquire(blocking=False):
+        raise ProjectLocked(f"project {project_id} is already being synced in this process; wait for that run")
+    try:
+        flock = FileLock(path, timeout=0, is_singleton=False, thread_local=False)
+        try:
+            flock.acquire()
+        except Timeout:
+            raise ProjectLocked(
+                f"project {project_id} is being synced by another process (lock {path}); "
+                "wait for it to finish, or stop the other ls-space-sync"
+            ) from None
+        try:
+            yield
+        finally:
+            flock.release()
+    finally:
+        tlock.release()
+
+
+class Staging:
+    """Rows of one run, written page by page to an Arrow IPC file, read back memory-mapped."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = path
+        self.schema = schema
+        self.rows = 0
+        self._sink: Any = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows (a table of :attr:`schema`)."""
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(self.path), "wb")
+            self._writer = pa.ipc.new_file(self._sink, self.schema)
+        self._writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def reader(self) -> pa.RecordBatchReader:
+        """Close the file and return a reader over all staged rows (empty if none)."""
+        self._finish()
+        if self.rows == 0:
+            return pa.RecordBatchReader.from_batches(self.schema, iter(()))
+        source = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
+        batches = (source.get_batch(i) for i in range(source.num_record_batches))
+        return pa.RecordBatchReader.from_batches(self.schema, batches)
+
+    def _finish(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = None
+
+    def discard(self) -> None:
+        """Delete the staging file."""
+        self._finish()
+        self.path.unlink(missing_ok=True)
+
+
+def _version_time(value: datetime) -> datetime:
+    # pylance gives version timestamps as naive local time (datetime.fromtimestamp).
+    return value.astimezone(timezone.utc)
+
+
+def _to_utc(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        return parse_ts(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class ProjectStore:
+    """One project's Lance dataset at ``<root>/project-<id>.lance``.
+
+    Args:
+        root: the store root folder (``Settings.resolved_store_root``).
+        project_id: the Label Studio project id.
+    """
+
+    def __init__(self, root: Path, project_id: int):
+        self.root = Path(root)
+        self.project_id = project_id
+        self.uri = str(self.root / f"project-{project_id}.lance")
+
+    def exists(self) -> bool:
+        """Whether the dataset has been created (by a first sync that found tasks)."""
+        return (Path(self.uri) / "_versions").exists()
+
+    def dataset(
+        self, version: int | str | None = None, *, as_of: datetime | str | None = None
+    ) -> lance.LanceDataset:
+        """Open the dataset at a version number, a tag name, or as of a UTC time (latest by default).
+
+        Raises:
+            StoreError: no dataset yet, or no such version/tag, or nothing committed by that time.
+        """
+        if not self.exists():
+            raise StoreError(f"project {self.project_id} has no dataset yet at {self.uri}; run `ls-space-sync sync` first")
+        if isinstance(version, str) and version.isdigit():
+            version = int(version)
+        if as_of is not None:
+            when = _to_utc(as_of)
+            ds = lance.dataset(self.uri)
+            candidates = [v["version"] for v in ds.versions() if _version_time(v["timestamp"]) <= when]
+            if not candidates:
+                raise StoreError(f"project {self.project_id} had no version at {when.isoformat()}")
+            version = max(candidates)
+        try:
+            return lance.dataset(self.uri, version=version)
+        except (ValueError, OSError) as exc:
+            known = ", ".join(sorted(self.tags())[-5:]) or "none"
+            raise StoreError(
+                f"project {self.project_id} has no version or tag {version!r} (latest tags: {known}); "
+                "list them with `ls-space-sync tags`"
+            ) from exc
+
+    def schema(self) -> pa.Schema | None:
+        """The dataset's Arrow schema, or ``None`` before the first commit."""
+        return self.dataset().schema if self.exists() else None
+
+    def version(self) -> int | None:
+        """The latest version number, or ``None`` before the first commit."""
+        return self.dataset().version if self.exists() else None
+
+    def count(self) -> int:
+        """Number of tasks in the latest version."""
+        return self.dataset().count_rows() if self.exists() else 0
+
+    def stamps(self) -> dict[int, Stamp]:
+        """Stamps of every stored task, by id (see :mod:`ls_space_sync.changes`). Reads six columns."""
+        if not self.exists():
+            return {}
+        out: dict[int, Stamp] = {}
+        for batch in self.dataset().to_batches(columns=STAMP_COLUMNS):
+            for row in batch.to_pylist():
+                out[row["id"]] = stamp_of(row)
+        return out
+
+    def commit(
+        self, rows: pa.RecordBatchReader, deletes: Sequence[int], properties: dict[str, str]
+    ) -> tuple[int, dict[str, int]] | None:
+        """Write staged rows (upserts by ``id``) and hard deletes as exactly one new version.
+
+        Args:
+            rows: new rows; a row whose ``id`` is stored replaces it.
+            deletes: task ids to remove.
+            properties: stored with the version's transaction, keys prefixed ``ls_space_sync.``.
+
+        Returns:
+            ``(version, {"num_inserted_rows", "num_updated_rows", "num_deleted_rows"})``, or ``None``
+            if there was nothing to write (no version is committed then).
+        """
+        props = {PROP_PREFIX + k: v for k, v in properties.items()}
+        if not self.exists():
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            ds = lance.write_dataset(rows, self.uri, schema=rows.schema, mode="create", transaction_properties=props)
+            if ds.count_rows() == 0:
+                # A project with no tasks: no dataset rather than an empty first version.
+                shutil.rmtree(self.uri, ignore_errors=True)
+                return None
+            return ds.version, {"num_inserted_rows": ds.count_rows(), "num_updated_rows": 0, "num_deleted_rows": 0}
+        ds = self.dataset()
+        builder = ds.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if deletes:
+            builder = builder.when_not_matched_by_source_delete(f"id IN ({', '.join(str(int(i)) for i in deletes)})")
+        txn, stats = builder.execute_uncommitted(rows)
+        if not any(stats.values()):
+            return None
+        txn = dataclasses.replace(txn, transaction_properties=props)
+        new = lance.LanceDataset.commit(self.uri, txn, read_version=ds.version)
+        return new.version, stats
+
+    def properties(self, version: int) -> dict[str, str]:
+        """The ``ls_space_sync.*`` properties a run stored with ``version`` (prefix removed; ``{}`` if none)."""
+        txn = self.dataset().read_transaction(version)
+        props = (txn.transaction_properties if txn else None) or {}
+        return {k[len(PROP_PREFIX):]: v for k, v in props.items() if k.startswith(PROP_PREFIX)}
+
+    def find_run(self, run_id: str, recent: int = 50) -> int | None:
+        """Return the version a run committed, looking at the last ``recent`` versions, or ``None``."""
+        if not self.exists():
+            return None
+        ds = self.dataset()
+        for v in range(ds.version, max(0, ds.version - recent), -1):
+            if self.properties(v).get("run_id") == run_id:
+                return v
+        return None
+
+    def label_config(self, version: int | str | None = None) -> str | None:
+        """The project's label config as it was when ``version`` (default latest) was pulled."""
+        ds = self.dataset(version)
+        for v in range(ds.version, 0, -1):
+            try:
+                cfg = self.properties(v).get("label_config")
+            except (ValueError, OSError):
+                break  # versions removed by compaction
+            if cfg:
+                return cfg
+        return None
+
+    def tag(self, name: str, version: int) -> None:
+        """Tag ``version`` as ``name``; a no-op if the tag already points there."""
+        ds = self.dataset()
+        existing = ds.tags.list().get(name)
+        if existing is not None:
+            if existing["version"] != version:
+                raise StoreError(f"tag {name} already names version {existing['version']}, not {version}")
+            return
+        ds.tags.create(name, version)
+
+    def tags(self) -> dict[str, int]:
+        """All tags, ``{name: version}``."""
+        if not self.exists():
+            return {}
+        return {name: t["version"] for name, t in self.dataset().tags.list().items()}
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version: ``{"version", "timestamp" (UTC), "rows", "tags", "run_id"}``, oldest first."""
+        if not self.exists():
+            return []
+        by_version: dict[int, list[str]] = {}
+        for name, v in self.tags().items():
+            by_version.setdefault(v, []).append(name)
+        out = []
+        for v in self.dataset().versions():
+            props = {}
+            try:
+                props = self.properties(v["version"])
+            except (ValueError, OSError):
+                pass
+            out.append(
+                {
+                    "version": v["version"],
+                    "timestamp": _version_time(v["timestamp"]),
+                    "rows": int(v["metadata"].get("total_rows", 0)),
+                    "tags": sorted(by_version.get(v["version"], [])),
+                    "run_id": props.get("run_id"),
+                    "counts": json.loads(props["counts"]) if "counts" in props else None,
+                }
+            )
+        return out

@@ -1,0 +1,310 @@
+"""``run_once(project)``: lock -> plan -> fetch -> commit version -> tag -> checkpoint.
+
+The one code path behind ``ls-space-sync sync``, the daemon's schedule and webhooks.
+
+Poll plan, cheapest first (Label Studio is the bottleneck; label-studio-facts.md):
+
+1. ``GET /api/projects/{id}``: task count, label config, and the server clock, which fixes the
+   run's *signpost* = server time at start - ``lag_seconds``.
+2. Tasks with ``updated_at`` > stored cursor, full objects, keyset-paged by id. Each page is
+   classified against the stored stamps and only changed tasks are staged on disk.
+3. If the server's task count differs from stored + new (or every ``full_scan_every`` runs): a
+   full scan of stamps (a few keys per task) finds hard deletes, reused ids and counter-only
+   changes (bulk prediction imports do not move ``updated_at``); those tasks are fetched in full.
+4. One Lance version with everything (or none if nothing changed), tagged ``run-NNNNNN``.
+5. Checkpoint: cursor := signpost (never past it), run marked succeeded.
+
+So polling an unchanged project costs two requests whatever its size. Crash safety: the version
+carries the run_id and the cursor it reached; a run that finds an earlier run of its project
+still marked running (its process died) and that run's version in the dataset finishes that
+run's bookkeeping instead of writing the data again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from .changes import ChangeSet, classify, full_scan_plan, stamp_of
+from .logs import register_secret, run_context
+from .labelstudio import LabelStudioClient, ProjectInfo
+from .records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
+from .settings import Settings
+from .state import FAILED, SKIPPED, SUCCEEDED, StateDB, SyncRun
+from .store import ProjectStore, Staging, project_lock
+
+log = logging.getLogger(__name__)
+
+
+def tag_name(seq: int) -> str:
+    """The tag of a project's ``seq``-th pull run: ``run-000042``."""
+    return f"run-{seq:06d}"
+
+
+@dataclass
+class RunResult:
+    """What one ``run_once`` did. Counts are tasks; ``version``/``tag`` are ``None`` when skipped."""
+
+    project_id: int
+    run_id: str
+    status: str
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    version: int | None = None
+    tag: str | None = None
+    full_scan: bool = False
+    requests: int = 0
+    seconds: float = 0.0
+    recovered: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for people: ``project 3: run-000042 v7 +10 ~2 -1 (1.3 s, 4 requests)``."""
+        what = f"{self.tag} v{self.version}" if self.tag else "no change"
+        scan = ", full scan" if self.full_scan else ""
+        return (
+            f"project {self.project_id}: {what} +{self.inserted} ~{self.updated} -{self.deleted} "
+            f"({self.seconds:.1f} s, {self.requests} requests{scan})"
+        )
+
+
+class Syncer:
+    """Everything ``run_once`` needs, built once from the settings and shared by its callers.
+
+    Args:
+        settings: the loaded settings.
+        client: a Label Studio client (default: from ``settings.label_studio``).
+        state: the state database (default: ``settings.resolved_state_url``).
+    """
+
+    def __init__(self, settings: Settings, client: LabelStudioClient | None = None, state: StateDB | None = None):
+        self.settings = settings
+        if client is None:
+            url, key = settings.require_label_studio()
+            register_secret(key)
+            ls = settings.label_studio
+            client = LabelStudioClient(url, key, timeout=ls.timeout_seconds, retries=ls.retries,
+                                       max_wait=ls.retry_max_wait_seconds)
+        self.client = client
+        self.state = state or StateDB(settings.resolved_state_url)
+        self.root = settings.resolved_store_root
+
+    def store(self, project_id: int) -> ProjectStore:
+        """The dataset of a project."""
+        return ProjectStore(self.root, project_id)
+
+    def project_ids(self) -> list[int]:
+        """The configured projects (``projects: all`` asks the server)."""
+        if self.settings.projects == "all":
+            return self.client.project_ids()
+        return list(self.settings.projects)
+
+    def run_once(
+        self,
+        project_id: int,
+        *,
+        full_scan: bool = False,
+        trigger: str = "manual",
+        progress: Callable[[int, int | None], None] | None = None,
+        _after_commit: Callable[[], None] | None = None,
+    ) -> RunResult:
+        """Sync one project once; see the module docstring for the plan.
+
+        Args:
+            project_id: the Label Studio project id.
+            full_scan: scan all stamps even if the task count adds up.
+            trigger: who asked (``manual``, ``schedule``, ``webhook``), recorded with the run.
+            progress: called as ``progress(tasks_done, tasks_expected_or_None)`` while fetching.
+
+        Returns:
+            The run's result; ``status`` is ``succeeded`` or ``skipped`` (nothing changed).
+
+        Raises:
+            ProjectLocked: another sync of this project is running.
+            LabelStudioError: the server refused or could not be reached (the run is recorded failed).
+            MalformedTask: the server sent a task without id or timestamps (recorded failed).
+        """
+        with project_lock(self.root, project_id):
+            recovered = self._recover(project_id)
+            run = self.state.start_run(project_id, trigger=trigger)
+            requests_before = self.client.requests
+            try:
+                with run_context(run.run_id, project_id):
+                    result = self._run(run, project_id, full_scan, progress, requests_before, _after_commit)
+            except BaseException as exc:
+                self.state.finish_run(run.run_id, FAILED, error=_error_text(exc),
+                                      requests=self.client.requests - requests_before)
+                raise
+            result.recovered = recovered
+            return result
+
+    def _run(self, run: SyncRun, project_id: int, force_scan: bool,
+             progress: Callable[[int, int | None], None] | None, requests_before: int,
+             after_commit: Callable[[], None] | None) -> RunResult:
+        store = self.store(project_id)
+        info = self.client.project(project_id)
+        schema = store.schema() or schema_for(data_keys(info.label_config))
+        missing = set(data_keys(info.label_config)) - set(data_columns(schema))
+        if store.exists() and missing:
+            log.warning("project %s: the label config reads data keys with no typed field in the dataset "
+                        "(%s); they are kept in data_json", project_id, ", ".join(sorted(missing)))
+        plan = _RunPlan(self, run, store, info, schema, progress)
+        try:
+            plan.fetch_changed()
+            plan.full_scan_if_needed(force_scan)
+            commit = plan.commit()
+        finally:
+            plan.staging.discard()
+        signpost, scanned = plan.signpost, plan.scanned
+        if commit is None:
+            self.state.checkpoint(project_id, cursor=signpost, signpost=signpost, full_scan=scanned)
+            finished = self.state.finish_run(run.run_id, SKIPPED, cursor=signpost, full_scan=scanned,
+                                             requests=self.client.requests - requests_before)
+            return _result(finished, project_id)
+        if after_commit:
+            after_commit()  # tests: a crash between the commit and the bookkeeping
+        store.tag(plan.tag, commit)
+        self.state.checkpoint(project_id, cursor=signpost, signpost=signpost, full_scan=scanned)
+        finished = self.state.finish_run(
+            run.run_id, SUCCEEDED, version=commit, tag=plan.tag, cursor=signpost, full_scan=scanned,
+            requests=self.client.requests - requests_before, **plan.changes.counts,
+        )
+        return _result(finished, project_id)
+
+    def _recover(self, project_id: int) -> list[str]:
+        """Finish the bookkeeping of runs whose process died (we hold the lock, so none is alive)."""
+        store = self.store(project_id)
+        recovered = []
+        for run in self.state.running_runs(project_id):
+            version = store.find_run(run.run_id)
+            if version is None:
+                self.state.finish_run(run.run_id, FAILED, error="the process stopped before committing a version")
+                continue
+            props = store.properties(version)
+            tag = props.get("tag") or tag_name(run.seq)
+            store.tag(tag, version)
+            cursor = parse_ts(props["cursor"]) if props.get("cursor") else None
+            scanned = json.loads(props.get("full_scan", "false"))
+            self.state.checkpoint(project_id, cursor=cursor, signpost=cursor, full_scan=scanned)
+            self.state.finish_run(run.run_id, SUCCEEDED, version=version, tag=tag, cursor=cursor,
+                                  full_scan=scanned, error="recovered: bookkeeping finished by a later run",
+                                  **json.loads(props.get("counts", "{}")))
+            log.warning("project %s: run %s had committed version %s before its process stopped; recorded it",
+                        project_id, run.run_id, version)
+            recovered.append(run.run_id)
+        return recovered
+
+
+class _RunPlan:
+    """The state of one run between its project read and its commit."""
+
+    def __init__(self, syncer: Syncer, run: SyncRun, store: ProjectStore, info: ProjectInfo, schema: pa.Schema,
+                 progress: Callable[[int, int | None], None] | None):
+        self.cfg = syncer.settings.sync
+        self.client = syncer.client
+        self.run, self.store, self.info, self.schema, self.progress = run, store, info, schema, progress
+        self.project_id = info.id
+        self.tag = tag_name(run.seq)
+        # The signpost: the server's clock at the start, minus the lag that covers transactions
+        # still committing. The cursor never moves past it.
+        self.signpost = info.server_time - timedelta(seconds=self.cfg.lag_seconds)
+        self.cursor = syncer.state.cursor(info.id)
+        self.stored = store.stamps()
+        self.staging = Staging(staging_dir(syncer.root) / f"{run.run_id}.arrow", schema)
+        self.changes = ChangeSet()
+        self.seen: set[int] = set()
+        self.scanned = not self.stored  # a first sync lists every task: it is a full scan
+        self.done = 0
+
+    def _stage(self, page: list[dict[str, Any]]) -> None:
+        _check_page(page, self.project_id)
+        stamps = {t["id"]: stamp_of(t) for t in page}
+        page_changes = classify(self.stored, stamps)
+        wanted = set(page_changes.upserts)
+        if wanted:
+            self.staging.write(tasks_to_table([t for t in page if t["id"] in wanted], self.schema, self.run.run_id))
+        self.changes.extend(page_changes)
+        self.seen.update(stamps)
+        self.done += len(page)
+        if self.progress:
+            self.progress(self.done, None if self.stored else self.info.task_number)
+
+    def fetch_changed(self) -> None:
+        """Stage every task updated after the cursor (every task, on a first sync)."""
+        since = self.cursor.cursor if self.stored else None
+        for page in self.client.iter_task_pages(self.project_id, updated_after=since, page_size=self.cfg.page_size):
+            self._stage(page)
+
+    def full_scan_if_needed(self, force: bool) -> None:
+        """Scan all stamps if forced, due, or the task count does not add up; stage what differs."""
+        if not self.stored:
+            return
+        expected = len(self.stored) + len(self.changes.inserts)
+        due = self.cfg.full_scan_every > 0 and self.cursor.runs_since_full_scan + 1 >= self.cfg.full_scan_every
+        if not (force or due or expected != self.info.task_number):
+            return
+        self.scanned = True
+        server: dict[int, Any] = {}
+        for page in self.client.iter_stamp_pages(self.project_id, page_size=self.cfg.scan_page_size):
+            _check_page(page, self.project_id)
+            server.update((t["id"], stamp_of(t)) for t in page)
+        to_fetch, self.changes.deletes = full_scan_plan(self.stored, server, done=self.seen)
+        if to_fetch:
+            for page in self.client.iter_task_pages(self.project_id, ids=to_fetch, page_size=self.cfg.page_size):
+                self._stage(page)
+
+    def commit(self) -> int | None:
+        """Write the change set as one version; return it, or ``None`` if nothing changed."""
+        if not self.changes:
+            return None
+        props = {
+            "run_id": self.run.run_id,
+            "tag": self.tag,
+            "cursor": self.signpost.isoformat(),
+            "full_scan": json.dumps(self.scanned),
+            "counts": json.dumps(self.changes.counts),
+            "label_config": self.info.label_config,
+        }
+        done = self.store.commit(self.staging.reader(), self.changes.deletes, props)
+        return None if done is None else done[0]
+
+
+def _check_page(page: list[dict[str, Any]], project_id: int) -> None:
+    for task in page:
+        if not isinstance(task, dict) or type(task.get("id")) is not int:
+            raise MalformedTask(f"project {project_id}: the server sent a task without an integer id: {str(task)[:200]}")
+        for key in ("created_at", "updated_at"):
+            if not isinstance(task.get(key), str):
+                raise MalformedTask(f"project {project_id}: task {task['id']} has no {key} timestamp")
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:2000]
+
+
+def _result(run: SyncRun, project_id: int) -> RunResult:
+    return RunResult(
+        project_id=project_id,
+        run_id=run.run_id,
+        status=run.status,
+        inserted=run.inserted,
+        updated=run.updated,
+        deleted=run.deleted,
+        version=run.version,
+        tag=run.tag,
+        full_scan=run.full_scan,
+        requests=run.requests,
+        seconds=run.duration_seconds or 0.0,
+    )
+
+
+def staging_dir(root: Path) -> Path:
+    """Where runs stage rows before their commit."""
+    return root / ".staging"
