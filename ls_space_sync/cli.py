@@ -234,6 +234,12 @@ def read(ctx: Context, project: int, tag: str | None, version: int | None, as_of
             click.echo(f"wrote {ds.count_rows()} tasks of project {project} v{ds.version} to {output}", err=True)
 
 
+# Commands owned by other modules are registered below, one block per module.
+# commands: service (run, webhooks)
+# commands: push, restore, mirror
+# commands: sql, diff, export, compact
+
+
 def run() -> None:
     """Entry point with the error policy: config errors exit 2, one line, no traceback."""
     try:

@@ -74,6 +74,48 @@ class ServerSettings(_Section):
     public_url: str | None = None
 
 
+class ScheduleSettings(_Section):
+    """A project's schedule (``schedules: {<project id>: ...}``): an interval or a cron expression."""
+
+    interval_seconds: float | None = Field(None, gt=0)
+    cron: str | None = None  # standard 5-field crontab, UTC
+
+
+class SchedulerSettings(_Section):
+    """The daemon's scheduler (``scheduler:`` in YAML). Times in seconds."""
+
+    job_store: str = "memory"  # memory | sql (the state database) | redis://host:port/db
+    jitter_seconds: float = Field(10.0, ge=0)
+    misfire_grace_seconds: float = Field(60.0, gt=0)
+    shutdown_timeout_seconds: float = Field(120.0, gt=0)
+    max_backoff_seconds: float = Field(900.0, gt=0)
+
+
+class CompactionSettings(_Section):
+    """Store maintenance (``compaction:`` in YAML). Times in seconds; ``None`` turns a policy off."""
+
+    interval_seconds: float | None = Field(None, gt=0)  # run in the daemon on this interval
+    retention_seconds: float = Field(7 * 86400.0, ge=0)  # untagged versions older than this are removed
+    keep_tags_days: float | None = Field(None, gt=0)  # prune run tags older than this
+    keep_tags_count: int | None = Field(None, gt=0)  # keep only the newest N run tags
+
+
+class MirrorSettings(_Section):
+    """A mirror pair (``mirrors: [...]``): pull ``source`` into its dataset, push each new version to ``target``."""
+
+    source: int
+    target: int | None = None  # None: create a project on first push
+    both_ways: bool = False  # also pull edits in target and push them back to source
+    delete: bool = True  # delete target tasks whose source rows are deleted
+    filter: str | None = None  # SQL predicate on columns, e.g. "is_labeled = true"
+
+
+class PushSettings(_Section):
+    """Push tuning (``push:`` in YAML)."""
+
+    chunk_size: int = Field(500, ge=1, le=10000)
+
+
 class Settings(_Section):
     """All settings. Paths are resolved against the current directory."""
 
@@ -84,8 +126,11 @@ class Settings(_Section):
     store_root: Path | None = None
     sync: SyncSettings = Field(default_factory=SyncSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
-    schedules: dict[int, dict[str, Any]] = Field(default_factory=dict)
-    mirrors: list[dict[str, Any]] = Field(default_factory=list)
+    schedules: dict[int, ScheduleSettings] = Field(default_factory=dict)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    compaction: CompactionSettings = Field(default_factory=CompactionSettings)
+    mirrors: list[MirrorSettings] = Field(default_factory=list)
+    push: PushSettings = Field(default_factory=PushSettings)
     log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator("projects", mode="before")
