@@ -125,7 +125,8 @@ class LabelStudioClient:
         retrying = Retrying(
             retry=retry_if_exception(_transient),
             stop=stop_after_attempt(self._retries + 1),
-            wait=wait_exponential_jitter(initial=0.5, max=self._max_wait),
+            wait=wait_exponential_jitter(multiplier=min(0.5, self._max_wait), max=self._max_wait,
+                                         jitter=min(1.0, self._max_wait)),
             reraise=True,
             before_sleep=lambda rs: log.warning(
                 "Label Studio request for %s failed (%s); retry %d of %d",

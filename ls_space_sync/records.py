@@ -129,7 +129,7 @@ def data_keys(label_config: str | None) -> list[str]:
     try:
         values = [v for el in ET.fromstring(label_config).iter() for v in el.attrib.values()]
     except ET.ParseError:
-        values = re.findall(r'=\s*"([^"]*)"', label_config)
+        values = [a or b for a, b in re.findall(r"""=\s*(?:"([^"]*)"|'([^']*)')""", label_config)]
     for value in values:
         m = re.fullmatch(r"\$([A-Za-z_][\w.\-]*)", value.strip())
         if m and m.group(1) not in keys:

@@ -280,8 +280,13 @@ def _check_page(page: list[dict[str, Any]], project_id: int) -> None:
         if not isinstance(task, dict) or type(task.get("id")) is not int:
             raise MalformedTask(f"project {project_id}: the server sent a task without an integer id: {str(task)[:200]}")
         for key in ("created_at", "updated_at"):
-            if not isinstance(task.get(key), str):
-                raise MalformedTask(f"project {project_id}: task {task['id']} has no {key} timestamp")
+            try:
+                parse_ts(task[key])
+            except (KeyError, TypeError, ValueError):
+                raise MalformedTask(
+                    f"project {project_id}: task {task['id']} has no valid {key} timestamp "
+                    f"({str(task.get(key))[:40]!r}); nothing was written, the store stays at its last version"
+                ) from None
 
 
 def _error_text(exc: BaseException) -> str:

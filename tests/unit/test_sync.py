@@ -1,0 +1,177 @@
+"""run_once against the in-memory Label Studio (respx): the poll plan, change sets, recovery."""
+
+from __future__ import annotations
+
+import pytest
+import respx
+
+from ls_space_sync.labelstudio import AuthError, LabelStudioClient, NotFound, ServerUnavailable
+from ls_space_sync.records import table_to_tasks
+from ls_space_sync.settings import load_settings
+from ls_space_sync.state import FAILED, SUCCEEDED
+from ls_space_sync.store import ProjectLocked, project_lock
+from ls_space_sync.sync import Syncer
+from tests.fakes import KEY, URL, FakeLabelStudio
+
+
+@pytest.fixture
+def fake():
+    with respx.mock(assert_all_called=False) as router:
+        yield FakeLabelStudio().mount(router)
+
+
+def make_syncer(tmp_path, **sync):
+    settings = load_settings(
+        env={"LABEL_STUDIO_URL": URL, "LABEL_STUDIO_API_KEY": KEY},
+        overrides={"data_dir": str(tmp_path), "projects": [1], "sync": {"page_size": 10, "lag_seconds": 5, **sync},
+                   "label_studio": {"retries": 2, "retry_max_wait_seconds": 0.01}},
+    )
+    return Syncer(settings)
+
+
+def stored(syncer):
+    return {t["id"]: t for t in table_to_tasks(syncer.store(1).dataset().to_table())}
+
+
+def test_first_sync_stores_every_task_losslessly(tmp_path, fake):
+    for i in range(25):
+        fake.add(f"t{i}", annotations=i % 2, predictions=1)
+    syncer = make_syncer(tmp_path)
+    result = syncer.run_once(1)
+    assert (result.status, result.inserted, result.tag, result.version) == (SUCCEEDED, 25, "run-000001", 1)
+    assert stored(syncer) == fake.tasks
+    ds = syncer.store(1).dataset("run-000001")
+    assert ds.to_table(columns=["data"]).column("data").to_pylist()[0] == {"text": "t0"}
+    assert set(ds.to_table(columns=["run_id"]).column("run_id").to_pylist()) == {result.run_id}
+
+
+def test_unchanged_poll_costs_two_requests_whatever_the_size(tmp_path, fake):
+    for i in range(95):  # ten pages of 10
+        fake.add(f"t{i}")
+    syncer = make_syncer(tmp_path, full_scan_every=0)
+    syncer.run_once(1)
+    fake.tick(3600)
+    fake.calls.clear()
+    result = syncer.run_once(1)
+    assert result.status == "skipped"
+    assert len(fake.calls) == 2  # the project (count + clock) and one empty page of changed tasks
+    assert syncer.store(1).version() == 1  # a run that changes nothing commits nothing
+
+
+def test_changes_are_one_version_with_exact_counts(tmp_path, fake):
+    for i in range(12):
+        fake.add(f"t{i}")
+    syncer = make_syncer(tmp_path, full_scan_every=0)
+    syncer.run_once(1)
+    fake.tick(60)
+    fake.touch(3, text="edited")
+    fake.delete(5)
+    fake.add("new")
+    result = syncer.run_once(1)
+    assert (result.inserted, result.updated, result.deleted) == (1, 1, 1)
+    assert result.version == 2 and result.full_scan  # the count did not add up: 12 + 1 new != 12
+    assert stored(syncer) == fake.tasks
+    # the older tag still reads what the server held then
+    old = {t["id"] for t in table_to_tasks(syncer.store(1).dataset("run-000001").to_table())}
+    assert old == set(range(1, 13))
+
+
+def test_reused_id_is_a_replace_not_an_update(tmp_path, fake):
+    for i in range(3):
+        fake.add(f"t{i}")
+    syncer = make_syncer(tmp_path, full_scan_every=0)
+    syncer.run_once(1)
+    fake.delete(3)
+    fake.next_id = 3  # SQLite Label Studio hands out max(id)+1 again
+    fake.tick(60)
+    fake.add("a different task")
+    result = syncer.run_once(1)
+    assert (result.inserted, result.updated, result.deleted) == (1, 0, 1)
+    assert stored(syncer)[3]["data"] == {"text": "a different task"}
+
+
+def test_counter_change_without_updated_at_is_caught_by_full_scan(tmp_path, fake):
+    for i in range(4):
+        fake.add(f"t{i}")
+    fake.tick(60)  # older than the lag window, so the cheap path will not re-read them
+    syncer = make_syncer(tmp_path, full_scan_every=0)
+    syncer.run_once(1)
+    # bulk import_predictions: total_predictions moves, updated_at does not
+    fake.tasks[2]["total_predictions"] = 1
+    fake.tasks[2]["predictions"] = [{"id": 9, "model_version": "m2", "score": 0.9, "result": [],
+                                     "created_at": fake.tasks[2]["created_at"], "updated_at": fake.tasks[2]["created_at"]}]
+    assert syncer.run_once(1).status == "skipped"  # the cheap path cannot see it
+    result = syncer.run_once(1, full_scan=True)
+    assert (result.updated, result.full_scan) == (1, True)
+    assert stored(syncer)[2]["predictions"][0]["model_version"] == "m2"
+
+
+def test_full_scan_runs_every_n_runs(tmp_path, fake):
+    fake.add("t")
+    syncer = make_syncer(tmp_path, full_scan_every=3)
+    assert syncer.run_once(1).full_scan  # first sync lists everything
+    assert not syncer.run_once(1).full_scan
+    assert not syncer.run_once(1).full_scan
+    assert syncer.run_once(1).full_scan
+
+
+def test_crash_after_commit_is_recovered_without_writing_twice(tmp_path, fake):
+    for i in range(5):
+        fake.add(f"t{i}")
+    syncer = make_syncer(tmp_path)
+
+    def die():
+        raise KeyboardInterrupt("killed between commit and checkpoint")
+
+    with pytest.raises(KeyboardInterrupt):
+        syncer.run_once(1, _after_commit=die)
+    first = syncer.state.runs(1)[0]
+    assert first.status == FAILED  # the in-process handler marked it; a SIGKILL would leave it running
+    # Simulate the SIGKILL case: the run is still marked running.
+    syncer.state.finish_run(first.run_id, "running", finished_at=None)
+    result = syncer.run_once(1)
+    assert result.recovered == [first.run_id]
+    assert result.status == "skipped"  # nothing was written twice
+    runs = {r.run_id: r for r in syncer.state.runs(1)}
+    assert runs[first.run_id].status == SUCCEEDED and runs[first.run_id].inserted == 5
+    assert syncer.store(1).tags() == {"run-000001": 1}
+    assert syncer.store(1).count() == 5
+
+
+def test_second_writer_is_refused(tmp_path, fake):
+    fake.add("t")
+    syncer = make_syncer(tmp_path)
+    with project_lock(syncer.root, 1):
+        with pytest.raises(ProjectLocked, match="already being synced"):
+            syncer.run_once(1)
+
+
+def test_wrong_token_missing_project_and_server_errors(tmp_path, fake):
+    fake.add("t")
+    client = LabelStudioClient(URL, "wrong-token", retries=1, max_wait=0.01)
+    with pytest.raises(AuthError) as err:
+        client.project(1)
+    assert "wrong-token" not in str(err.value) and "LABEL_STUDIO_API_KEY" in str(err.value)
+    syncer = make_syncer(tmp_path)
+    with pytest.raises(NotFound, match="project 7 does not exist"):
+        syncer.run_once(7)
+    assert syncer.state.runs(7)[0].status == FAILED
+    fake.fail_next = [503, 502]  # retried, then served
+    assert syncer.run_once(1).inserted == 1
+    fake.fail_next = [503] * 10
+    with pytest.raises(ServerUnavailable):
+        syncer.run_once(1)
+    assert syncer.store(1).version() == 1  # the store stays at its last good version
+
+
+def test_malformed_task_fails_the_run_and_loses_nothing(tmp_path, fake):
+    fake.add("ok")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(1)
+    fake.tick(60)
+    bad = fake.add("bad")
+    bad["updated_at"] = "not a time"
+    with pytest.raises(ValueError, match="task 2"):
+        syncer.run_once(1)
+    assert syncer.store(1).count() == 1
+    assert syncer.state.runs(1)[0].status == FAILED
