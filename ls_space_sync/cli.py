@@ -235,7 +235,11 @@ def read(ctx: Context, project: int, tag: str | None, version: int | None, as_of
 
 
 # Commands owned by other modules are registered below, one block per module.
-# commands: service (run, webhooks)
+from .daemon import run_command  # noqa: E402
+from .webhooks import webhooks_command  # noqa: E402
+
+main.add_command(run_command)
+main.add_command(webhooks_command)
 # commands: push, restore, mirror
 # commands: sql, diff, export, compact
 

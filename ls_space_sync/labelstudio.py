@@ -295,3 +295,25 @@ class LabelStudioClient:
     def task(self, task_id: int) -> dict[str, Any]:
         """One task as the server's raw JSON (``GET /api/tasks/{id}``), with annotations and predictions."""
         return self._raw(f"task {task_id}", f"api/tasks/{int(task_id)}/").json()
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks as dicts (``id``, ``url``, ``headers``, ``project``, ...)."""
+        hooks = self.call(f"the webhooks of project {project_id}", self.sdk.webhooks.list, project=str(int(project_id)))
+        return [h.model_dump(exclude_unset=True) for h in hooks if h.project == int(project_id)]
+
+    def create_webhook(self, project_id: int, url: str, headers: dict[str, str]) -> dict[str, Any]:
+        """Add a webhook to a project that sends every event with its payload and ``headers``."""
+        hook = self.call(f"a webhook of project {project_id}", self.sdk.webhooks.create, url=url, project=int(project_id),
+                         send_payload=True, send_for_all_actions=True, headers=headers, is_active=True)
+        return hook.model_dump(exclude_unset=True)
+
+    def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str]) -> None:
+        """Set a webhook's URL and headers, and make it send every event with its payload."""
+        self.call(f"webhook {webhook_id}", self.sdk.webhooks.update, id=int(webhook_id), url=url, headers=headers,
+                  send_payload=True, send_for_all_actions=True, is_active=True)
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        """Delete a webhook."""
+        self.call(f"webhook {webhook_id}", self.sdk.webhooks.delete, id=int(webhook_id))
