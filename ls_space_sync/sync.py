@@ -95,6 +95,17 @@ class Syncer:
         self.state = state or StateDB(settings.resolved_state_url)
         self.root = settings.resolved_store_root
 
+    def close(self) -> None:
+        """Close the HTTP connections and the state database's pool."""
+        self.client.close()
+        self.state.dispose()
+
+    def __enter__(self) -> "Syncer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def store(self, project_id: int) -> ProjectStore:
         """The dataset of a project."""
         return ProjectStore(self.root, project_id)
