@@ -248,11 +248,13 @@ class ProjectStore:
     def label_config(self, version: int | str | None = None) -> str | None:
         """The project's label config as it was when ``version`` (default latest) was pulled."""
         ds = self.dataset(version)
-        for v in range(ds.version, 0, -1):
+        # Only versions that still exist: compaction commits versions without properties and
+        # removes old untagged ones, so the walk must step over gaps.
+        for v in sorted((x["version"] for x in ds.versions() if x["version"] <= ds.version), reverse=True):
             try:
                 cfg = self.properties(v).get("label_config")
             except (ValueError, OSError):
-                break  # versions removed by compaction
+                continue
             if cfg:
                 return cfg
         return None
