@@ -238,7 +238,7 @@ class LabelStudioClient:
         Args:
             updated_after: only tasks with ``updated_at`` strictly after this UTC time (the
                 Data Manager filter ``filter:tasks:updated_at``, exact to the microsecond).
-            ids: only these task ids (fetched in chunks of ``page_size``).
+            ids: only these task ids (Data Manager ``selectedItems``, in chunks of ``page_size``).
             fields: ``"all"`` (annotations and predictions as full objects) or ``"task_only"``.
             include: comma-separated keys to return (``fields`` still applies).
             page_size: tasks per request.
@@ -247,15 +247,8 @@ class LabelStudioClient:
             wanted = sorted(set(int(i) for i in ids))
             for start in range(0, len(wanted), page_size):
                 chunk = wanted[start:start + page_size]
-                items = [
-                    {"filter": "filter:tasks:id", "operator": "greater_or_equal", "type": "Number", "value": chunk[0]},
-                    {"filter": "filter:tasks:id", "operator": "less_or_equal", "type": "Number", "value": chunk[-1]},
-                ]
-                keep = set(chunk)
-                for page in self._keyset(project_id, items, fields, include, page_size):
-                    hits = [t for t in page if t.get("id") in keep]
-                    if hits:
-                        yield hits
+                selected = {"all": False, "included": chunk}  # Data Manager selection: exactly these ids
+                yield from self._keyset(project_id, [], fields, include, page_size, selected)
             return
         items = []
         if updated_after is not None:
@@ -264,13 +257,15 @@ class LabelStudioClient:
         yield from self._keyset(project_id, items, fields, include, page_size)
 
     def _keyset(self, project_id: int, items: list[dict[str, Any]], fields: str, include: str | None,
-                page_size: int) -> Iterator[list[dict[str, Any]]]:
+                page_size: int, selected: dict[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
         last_id: int | None = None
         while True:
             page_items = list(items)
             if last_id is not None:
                 page_items.append({"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last_id})
-            query = {"filters": {"conjunction": "and", "items": page_items}, "ordering": ["tasks:id"]}
+            query: dict[str, Any] = {"filters": {"conjunction": "and", "items": page_items}, "ordering": ["tasks:id"]}
+            if selected is not None:
+                query["selectedItems"] = selected
             params: dict[str, Any] = {"project": int(project_id), "page": 1, "page_size": page_size,
                                       "fields": fields, "query": json.dumps(query)}
             if include:
@@ -317,3 +312,133 @@ class LabelStudioClient:
     def delete_webhook(self, webhook_id: int) -> None:
         """Delete a webhook."""
         self.call(f"webhook {webhook_id}", self.sdk.webhooks.delete, id=int(webhook_id))
+
+    # --- writes: push, restore, mirror (push.py) --------------------------------------------
+    # Creating requests (import, new annotations, predictions, projects) are not idempotent: a
+    # retry after the server got the request could create a duplicate. They go through
+    # :meth:`_once`, which retries only what the server cannot have acted on.
+
+    def _once(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a non-idempotent SDK call; retry only refused connections and 429, never a timeout or 5xx."""
+        retrying = Retrying(
+            retry=retry_if_exception(_not_sent),
+            stop=stop_after_attempt(self._retries + 1),
+            wait=wait_exponential_jitter(initial=0.5, max=self._max_wait),
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args, **kwargs)
+        except ApiError as exc:
+            if exc.status_code == 400:
+                raise LabelStudioError(f"Label Studio refused {what} (HTTP 400): {_refusal(exc.body)}", 400) from None
+            raise self._map(exc, what) from None
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(
+                f"Label Studio at {self.url} did not answer {what} ({type(exc).__name__}); the server may "
+                "or may not have applied it"
+            ) from None
+
+    def create_project(self, title: str, label_config: str) -> int:
+        """Create a project with ``label_config``; return its id."""
+        project = self._once(f"creating project {title!r}", self.sdk.projects.create, title=title,
+                             label_config=label_config)
+        return int(project.id)
+
+    def user_ids(self) -> set[int]:
+        """Ids of the users the token's organization has (who may be ``completed_by`` of an annotation)."""
+        body = self._raw("the user list", "api/users/").json()
+        users = body.get("results", []) if isinstance(body, dict) else body
+        return {int(u["id"]) for u in users}
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
+        """Bulk-import tasks (with ``annotations`` and ``predictions``) into a project, synchronously.
+
+        Returns:
+            The new task ids, in the order of ``tasks`` (verified on Label Studio 1.23.2).
+
+        Raises:
+            LabelStudioError: the server refused the import; the message carries its validation errors.
+            ServerUnavailable: no answer; the tasks may or may not have been created.
+        """
+        resp = self._once(f"the import of {len(tasks)} tasks into project {project_id}",
+                          self.sdk.projects.import_tasks, id=int(project_id), request=tasks, return_task_ids=True)
+        ids = list(resp.task_ids or [])
+        if len(ids) != len(tasks):
+            raise LabelStudioError(f"project {project_id}: the import returned {len(ids)} task ids for {len(tasks)} tasks")
+        return ids
+
+    def update_task(self, task_id: int, body: dict[str, Any]) -> None:
+        """PATCH a task (``data``, ``meta``)."""
+        self._raw(f"task {task_id}", f"api/tasks/{int(task_id)}/", method="PATCH", json_body=body)
+
+    def create_annotation(self, task_id: int, body: dict[str, Any]) -> int:
+        """Add an annotation (``result``, ``was_cancelled``, ``ground_truth``, ``lead_time``, ``completed_by``)."""
+        resp = self._once(f"a new annotation of task {task_id}", self._raw_once,
+                          f"api/tasks/{int(task_id)}/annotations/", body)
+        return int(resp["id"])
+
+    def update_annotation(self, annotation_id: int, body: dict[str, Any]) -> None:
+        """PATCH an annotation."""
+        self._raw(f"annotation {annotation_id}", f"api/annotations/{int(annotation_id)}/", method="PATCH", json_body=body)
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        """Delete an annotation; one that is already gone counts as deleted."""
+        try:
+            self._raw(f"annotation {annotation_id}", f"api/annotations/{int(annotation_id)}/", method="DELETE")
+        except NotFound:
+            pass
+
+    def create_prediction(self, task_id: int, body: dict[str, Any]) -> int:
+        """Add a prediction (``result``, ``score``, ``model_version``) to a task."""
+        resp = self._once(f"a new prediction of task {task_id}", self._raw_once, "api/predictions/",
+                          {**body, "task": int(task_id)})
+        return int(resp["id"])
+
+    def update_prediction(self, prediction_id: int, body: dict[str, Any]) -> None:
+        """PATCH a prediction."""
+        self._raw(f"prediction {prediction_id}", f"api/predictions/{int(prediction_id)}/", method="PATCH", json_body=body)
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        """Delete a prediction; one that is already gone counts as deleted."""
+        try:
+            self._raw(f"prediction {prediction_id}", f"api/predictions/{int(prediction_id)}/", method="DELETE")
+        except NotFound:
+            pass
+
+    def delete_tasks(self, project_id: int, task_ids: Sequence[int]) -> None:
+        """Delete tasks of a project in one request (the Data Manager's ``delete_tasks`` action)."""
+        if task_ids:
+            self.call(f"deleting {len(task_ids)} tasks of project {project_id}", self.sdk.actions.create,
+                      id="delete_tasks", project=int(project_id),
+                      selected_items={"all": False, "included": [int(i) for i in task_ids]})
+
+    def _raw_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = self._http.request(path, method="POST", json=body, request_options={"max_retries": 0})
+        if resp.status_code >= 400:
+            try:
+                payload: Any = resp.json()
+            except ValueError:
+                payload = resp.text
+            raise ApiError(status_code=resp.status_code, body=payload)
+        return resp.json()
+
+
+def _not_sent(exc: BaseException) -> bool:
+    """Whether a failed request surely had no effect: connection refused/not made, or 429."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return True
+    return isinstance(exc, ApiError) and exc.status_code == 429
+
+
+def _refusal(body: Any) -> str:
+    """The server's reason for a 400, from its ``validation_errors`` or ``detail``."""
+    if isinstance(body, dict):
+        errors = body.get("validation_errors") or body.get("detail") or body
+        if isinstance(errors, dict):
+            parts = []
+            for key, value in errors.items():
+                items = value if isinstance(value, list) else [value]
+                parts.append(("" if key == "non_field_errors" else f"{key}: ") + "; ".join(str(v) for v in items))
+            return _body_text(" | ".join(parts), 2000)
+        return _body_text(errors, 2000)
+    return _body_text(body, 2000)

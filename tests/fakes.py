@@ -107,6 +107,9 @@ class FakeLabelStudio:
             else:
                 raise AssertionError(f"unexpected filter {key}")
             tasks = [t for t in tasks if test(t)]
+        selected = query.get("selectedItems")
+        if selected and not selected.get("all"):
+            tasks = [t for t in tasks if t["id"] in set(selected["included"])]
         size = int(q.get("page_size", 100))
         page = int(q.get("page", 1))
         chunk = tasks[(page - 1) * size: page * size]
