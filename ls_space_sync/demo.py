@@ -30,9 +30,11 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
-from label_studio_sdk import LabelStudio
+
+from .labelstudio import LabelStudioClient
 
 __all__ = [
     "SAMPLE_ANNOTATIONS",
@@ -238,10 +240,14 @@ def bbox_tasks(label_config: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _sdk(url: str, api_key: str, timeout: float = 60) -> Iterator[LabelStudio]:
-    """Yield an SDK client whose HTTP connections are closed on exit (the SDK never closes its own)."""
-    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
-        yield LabelStudio(base_url=url, api_key=api_key, timeout=timeout, httpx_client=http)
+def _sdk(url: str, api_key: str, timeout: float = 60) -> Iterator[Any]:
+    """Yield an SDK client (through labelstudio.py, the one module that talks to Label Studio);
+    its HTTP connections are closed on exit (the SDK never closes its own)."""
+    client = LabelStudioClient(url, api_key, timeout=timeout)
+    try:
+        yield client.sdk
+    finally:
+        client.close()
 
 
 _TASK_BUILDERS = {

@@ -42,3 +42,10 @@ def test_missing_file_and_missing_token(tmp_path):
     s = load_settings(env={"LABEL_STUDIO_URL": "http://h"})
     with pytest.raises(ConfigError, match="LABEL_STUDIO_API_KEY"):
         s.require_label_studio()
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    s = load_settings(Path(__file__).parents[2] / "config.example.yaml", env={})
+    assert s.projects == [1, 2] and s.schedules[2].cron == "*/5 * * * *"
