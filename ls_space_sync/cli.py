@@ -241,7 +241,15 @@ from .webhooks import webhooks_command  # noqa: E402
 main.add_command(run_command)
 main.add_command(webhooks_command)
 # commands: push, restore, mirror
-# commands: sql, diff, export, compact
+from .diff import diff_command  # noqa: E402
+from .export import export_command  # noqa: E402
+from .maintenance import compact_command  # noqa: E402
+from .query import sql_command  # noqa: E402
+
+main.add_command(sql_command)
+main.add_command(diff_command)
+main.add_command(export_command)
+main.add_command(compact_command)
 
 
 def run() -> None:
