@@ -24,9 +24,10 @@ from typing import Any, Iterator, Sequence
 
 import lance
 import pyarrow as pa
+import pyarrow.compute as pc
 from filelock import FileLock, Timeout
 
-from .changes import Stamp, stamp_of
+from .changes import Stamp
 from .records import STAMP_COLUMNS, parse_ts
 
 PROP_PREFIX = "ls_space_sync."
@@ -185,15 +186,23 @@ class ProjectStore:
         """Number of tasks in the latest version."""
         return self.dataset().count_rows() if self.exists() else 0
 
-    def stamps(self) -> dict[int, Stamp]:
-        """Stamps of every stored task, by id (see :mod:`ls_space_sync.changes`). Reads six columns."""
-        if not self.exists():
+    def stamps(self, ids: Sequence[int] | None = None) -> dict[int, Stamp]:
+        """Stamps of stored tasks, by id (see :mod:`ls_space_sync.changes`); reads six columns.
+
+        Args:
+            ids: only these task ids (a page being classified); ``None`` for every stored task.
+        """
+        if not self.exists() or (ids is not None and not ids):
             return {}
-        out: dict[int, Stamp] = {}
-        for batch in self.dataset().to_batches(columns=STAMP_COLUMNS):
-            for row in batch.to_pylist():
-                out[row["id"]] = stamp_of(row)
-        return out
+        where = None if ids is None else f"id IN ({', '.join(str(int(i)) for i in ids)})"
+        table = self.dataset().to_table(columns=STAMP_COLUMNS, filter=where)
+        cols = []
+        for name in STAMP_COLUMNS:
+            col = table.column(name)
+            if pa.types.is_timestamp(col.type):
+                col = pc.cast(col.cast(pa.timestamp("us", tz="UTC")), pa.int64())
+            cols.append(col.fill_null(0).to_numpy().tolist())
+        return {row[0]: tuple(row[1:]) for row in zip(*cols)}  # type: ignore[misc]
 
     def commit(
         self, rows: pa.RecordBatchReader, deletes: Sequence[int], properties: dict[str, str]

@@ -226,17 +226,18 @@ class _RunPlan:
         # still committing. The cursor never moves past it.
         self.signpost = info.server_time - timedelta(seconds=self.cfg.lag_seconds)
         self.cursor = syncer.state.cursor(info.id)
-        self.stored = store.stamps()
+        # Stamps are read per page on the cheap path, and all at once only for a full scan.
+        self.stored_count = store.count()
         self.staging = Staging(staging_dir(syncer.root) / f"{run.run_id}.arrow", schema)
         self.changes = ChangeSet()
         self.seen: set[int] = set()
-        self.scanned = not self.stored  # a first sync lists every task: it is a full scan
+        self.scanned = self.stored_count == 0  # a first sync lists every task: it is a full scan
         self.done = 0
 
     def _stage(self, page: list[dict[str, Any]]) -> None:
         _check_page(page, self.project_id)
         stamps = {t["id"]: stamp_of(t) for t in page}
-        page_changes = classify(self.stored, stamps)
+        page_changes = classify(self.store.stamps(list(stamps)), stamps)
         wanted = set(page_changes.upserts)
         if wanted:
             self.staging.write(tasks_to_table([t for t in page if t["id"] in wanted], self.schema, self.run.run_id))
@@ -244,19 +245,19 @@ class _RunPlan:
         self.seen.update(stamps)
         self.done += len(page)
         if self.progress:
-            self.progress(self.done, None if self.stored else self.info.task_number)
+            self.progress(self.done, None if self.stored_count else self.info.task_number)
 
     def fetch_changed(self) -> None:
         """Stage every task updated after the cursor (every task, on a first sync)."""
-        since = self.cursor.cursor if self.stored else None
+        since = self.cursor.cursor if self.stored_count else None
         for page in self.client.iter_task_pages(self.project_id, updated_after=since, page_size=self.cfg.page_size):
             self._stage(page)
 
     def full_scan_if_needed(self, force: bool) -> None:
         """Scan all stamps if forced, due, or the task count does not add up; stage what differs."""
-        if not self.stored:
+        if not self.stored_count:
             return
-        expected = len(self.stored) + len(self.changes.inserts)
+        expected = self.stored_count + len(self.changes.inserts)
         due = self.cfg.full_scan_every > 0 and self.cursor.runs_since_full_scan + 1 >= self.cfg.full_scan_every
         if not (force or due or expected != self.info.task_number):
             return
@@ -265,7 +266,7 @@ class _RunPlan:
         for page in self.client.iter_stamp_pages(self.project_id, page_size=self.cfg.scan_page_size):
             _check_page(page, self.project_id)
             server.update((t["id"], stamp_of(t)) for t in page)
-        to_fetch, self.changes.deletes = full_scan_plan(self.stored, server, done=self.seen)
+        to_fetch, self.changes.deletes = full_scan_plan(self.store.stamps(), server, done=self.seen)
         if to_fetch:
             for page in self.client.iter_task_pages(self.project_id, ids=to_fetch, page_size=self.cfg.page_size):
                 self._stage(page)
