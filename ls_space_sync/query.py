@@ -186,7 +186,9 @@ def run(
         QueryError: DuckDB rejected the query (the message is DuckDB's, plus the known tables).
     """
     query = query.strip().rstrip(";")
-    con = connect(root, ref=ref, refs=refs, projects=referenced_projects(query, root))
+    # A table of a project without a dataset is left to DuckDB, whose error lists the known ones.
+    named = [p for p in referenced_projects(query, root) if ProjectStore(root, p).exists()]
+    con = connect(root, ref=ref, refs=refs, projects=named)
     try:
         return con, con.sql(query)
     except duckdb.Error as exc:
