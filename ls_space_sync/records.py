@@ -226,11 +226,12 @@ def _encode_obj(obj: dict[str, Any], fields: list[tuple[str, str]]) -> dict[str,
             extra[name] = raw
             continue
         row[name] = value
-        if raw is None:
-            continue
-        back = _decode(kind, value)
-        if back != raw or type(back) is not type(raw):
-            extra[name] = raw
+        # JSON, int, bool and str values come back as they went in; a timestamp may not (another
+        # zone or precision) and a float may have been an int: keep those originals in extra.
+        if kind in (_TS, _FLOAT):
+            back = _decode(kind, value)
+            if back != raw or type(back) is not type(raw):
+                extra[name] = raw
     for key, value in obj.items():
         if key not in typed:
             extra[key] = value
