@@ -240,7 +240,13 @@ from .webhooks import webhooks_command  # noqa: E402
 
 main.add_command(run_command)
 main.add_command(webhooks_command)
-# commands: push, restore, mirror
+from .mirror import mirror_command  # noqa: E402
+from .push import push_command  # noqa: E402
+from .restore import restore_command  # noqa: E402
+
+main.add_command(push_command)
+main.add_command(restore_command)
+main.add_command(mirror_command)
 from .diff import diff_command  # noqa: E402
 from .export import export_command  # noqa: E402
 from .maintenance import compact_command  # noqa: E402

@@ -323,7 +323,8 @@ class LabelStudioClient:
         retrying = Retrying(
             retry=retry_if_exception(_not_sent),
             stop=stop_after_attempt(self._retries + 1),
-            wait=wait_exponential_jitter(initial=0.5, max=self._max_wait),
+            wait=wait_exponential_jitter(multiplier=min(0.5, self._max_wait), max=self._max_wait,
+                                         jitter=min(1.0, self._max_wait)),
             reraise=True,
         )
         try:

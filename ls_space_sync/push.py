@@ -1,0 +1,801 @@
+"""Push stored versions back into Label Studio: rows of a dataset -> tasks of a project.
+
+A push reads the rows of one stored version (a tag, a version number or a time), optionally
+filtered with Lance's own SQL filter, and makes a Label Studio project hold them as tasks: data,
+meta, annotations (``result``, ``was_cancelled``, ``ground_truth``, ``lead_time``; ``completed_by``
+when the user exists on the server, else the server records the pushing user) and predictions
+(``result``, ``score``, ``model_version``). Drafts, comments and reviews are not pushed.
+
+**Id map.** Each pushed task is a *link* in the state database: (source project, source task id,
+source ``created_at``) <-> (target project, target task id), with the source row's stamp and the
+hash of the content both sides agreed on at the last push. A later push sends only rows whose
+stamp moved and whose content differs from that hash; a mirror reads the same links the other
+way round to push target-side edits back.
+
+**Updates are in place.** A changed task keeps its target id: ``PATCH`` of data and meta if they
+differ; annotations and predictions are matched by content; the unmatched are ``PATCH``-ed pairwise,
+then deleted or created. Task ids, comments and links to tasks survive a push.
+
+**Crash safety.** Links are written right after each chunk's import returns, and every pushed
+task carries its origin in ``meta["ls_space_sync"]`` (dataset, version, source project, id and
+``created_at``). A push that finds the previous push to the same target unfinished scans the
+target's task meta and links what an interrupted import created, so nothing is imported twice.
+Imports are never retried after the request was sent (:meth:`LabelStudioClient._once`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+import click
+import pyarrow as pa
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, UniqueConstraint, delete, or_, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .changes import stamp_of
+from .labelstudio import LabelStudioClient, LabelStudioError, ServerUnavailable
+from .logs import run_context
+from .records import STAMP_COLUMNS, row_to_task
+from .state import FAILED, RUNNING, SKIPPED, SUCCEEDED, Base, StateDB, SyncRun, UTCDateTime, utcnow
+from .store import ProjectStore, project_lock
+
+log = logging.getLogger(__name__)
+
+ORIGIN_KEY = "ls_space_sync"
+
+
+class PushError(Exception):
+    """A push that cannot proceed; the message names the fix."""
+
+
+class LabelConfigMismatch(PushError):
+    """The target project's label config lacks control tags that the rows' results use."""
+
+
+# --- the id map ------------------------------------------------------------------------------
+
+class PushLink(Base):
+    """One pushed task: a source task and the target task that holds its content.
+
+    ``*_created`` are ``created_at`` in microseconds since the epoch (a task's identity is
+    (id, created_at): SQLite Label Studio reuses ids). ``*_stamp`` is the JSON of the side's stamp
+    (:func:`ls_space_sync.changes.stamp_of`) when the two sides last agreed; ``None`` = unknown.
+    """
+
+    __tablename__ = "push_links"
+    __table_args__ = (
+        UniqueConstraint("source_project", "source_id", "source_created", "target_project"),
+        Index("ix_push_links_target", "target_project", "target_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_project: Mapped[int] = mapped_column(Integer)
+    source_id: Mapped[int] = mapped_column(BigInteger)
+    source_created: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    source_stamp: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    target_project: Mapped[int] = mapped_column(Integer)
+    target_id: Mapped[int] = mapped_column(BigInteger)
+    target_created: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    target_stamp: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pushed_at = mapped_column(UTCDateTime, nullable=True)
+
+
+class PushRun(Base):
+    """Where a push run (a ``sync_runs`` row of kind ``push``) went."""
+
+    __tablename__ = "push_runs"
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_project: Mapped[int] = mapped_column(Integer, index=True)
+    target_project: Mapped[int] = mapped_column(Integer, index=True)
+    source_version: Mapped[int] = mapped_column(BigInteger)
+    new_project: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+@dataclass
+class _Link:
+    """A link seen from the pushing side ("here") towards the side pushed to ("there")."""
+
+    row_id: int | None
+    forward: bool  # here is the link's source side
+    here_id: int
+    here_created: int | None
+    here_stamp: str | None
+    there_id: int
+    there_created: int | None
+    there_stamp: str | None
+    content_hash: str | None
+    dirty: bool = False
+
+    @classmethod
+    def of(cls, row: PushLink, here_project: int) -> "_Link":
+        if row.source_project == here_project:
+            return cls(row.id, True, row.source_id, row.source_created, row.source_stamp, row.target_id,
+                       row.target_created, row.target_stamp, row.content_hash)
+        return cls(row.id, False, row.target_id, row.target_created, row.target_stamp, row.source_id,
+                   row.source_created, row.source_stamp, row.content_hash)
+
+    def columns(self, here_project: int, there_project: int) -> dict[str, Any]:
+        h = {"project": here_project, "id": self.here_id, "created": self.here_created, "stamp": self.here_stamp}
+        t = {"project": there_project, "id": self.there_id, "created": self.there_created, "stamp": self.there_stamp}
+        src, dst = (h, t) if self.forward else (t, h)
+        out = {f"source_{k}": v for k, v in src.items()} | {f"target_{k}": v for k, v in dst.items()}
+        out["content_hash"] = self.content_hash
+        return out
+
+
+# --- content: pure -------------------------------------------------------------------------
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _author(annotation: dict[str, Any]) -> int | None:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):  # GET /api/tasks/{id} nests the user
+        who = who.get("id")
+    return who if isinstance(who, int) else None
+
+
+def annotation_key(a: dict[str, Any]) -> dict[str, Any]:
+    """What an annotation's content is, for comparisons: result and flags (not author or times)."""
+    return {"result": a.get("result") or [], "was_cancelled": bool(a.get("was_cancelled")),
+            "ground_truth": bool(a.get("ground_truth"))}
+
+
+def prediction_key(p: dict[str, Any]) -> dict[str, Any]:
+    """What a prediction's content is: result, score and model_version (``""`` = none)."""
+    return {"result": p.get("result") or [], "score": p.get("score"), "model_version": p.get("model_version") or None}
+
+
+def strip_origin(meta: Any) -> dict[str, Any]:
+    """A task's meta without this tool's origin mark."""
+    return {k: v for k, v in meta.items() if k != ORIGIN_KEY} if isinstance(meta, dict) else {}
+
+
+def content_of(task: dict[str, Any]) -> dict[str, Any]:
+    """The part of a task a push carries and compares: data, meta (without origin), annotation
+    and prediction contents as sorted multisets. Ids, authors, times and counters are left out."""
+    return {
+        "data": task.get("data") or {},
+        "meta": strip_origin(task.get("meta")),
+        "annotations": sorted(_canon(annotation_key(a)) for a in task.get("annotations") or []),
+        "predictions": sorted(_canon(prediction_key(p)) for p in task.get("predictions") or []),
+    }
+
+
+def content_hash(task: dict[str, Any]) -> str:
+    """SHA-256 (hex) of :func:`content_of`: equal hashes = nothing to push."""
+    return hashlib.sha256(_canon(content_of(task)).encode()).hexdigest()
+
+
+def annotation_body(a: dict[str, Any], users: set[int] | None) -> dict[str, Any]:
+    """An annotation as Label Studio takes it on import or create.
+
+    ``completed_by`` is kept only if that user exists on the target server (``users``): the server
+    refuses an import naming an unknown user (HTTP 400) and otherwise records the pushing user.
+    """
+    body = annotation_key(a)
+    if a.get("lead_time") is not None:
+        body["lead_time"] = a["lead_time"]
+    who = _author(a)
+    if users is not None and who in users:
+        body["completed_by"] = who
+    return body
+
+
+def prediction_body(p: dict[str, Any]) -> dict[str, Any]:
+    """A prediction as Label Studio takes it on import or create."""
+    body: dict[str, Any] = {"result": p.get("result") or []}
+    if p.get("score") is not None:
+        body["score"] = p["score"]
+    if p.get("model_version"):
+        body["model_version"] = p["model_version"]
+    return body
+
+
+def import_payload(task: dict[str, Any], origin: dict[str, Any] | None, users: set[int] | None) -> dict[str, Any]:
+    """The import JSON of a stored task; ``origin`` (if given) goes into ``meta["ls_space_sync"]``."""
+    meta = strip_origin(task.get("meta")) if origin is not None else dict(task.get("meta") or {})
+    if origin is not None:
+        meta[ORIGIN_KEY] = origin
+    out: dict[str, Any] = {"data": task.get("data") or {}, "meta": meta}
+    out["annotations"] = [annotation_body(a, users) for a in task.get("annotations") or []]
+    out["predictions"] = [prediction_body(p) for p in task.get("predictions") or []]
+    return out
+
+
+Op = tuple  # ("patch_task", body) | ("create_annotation", body) | ("update_annotation", id, body) | ...
+
+
+def _match(desired: list[dict[str, Any]], current: list[dict[str, Any]], key: Any, kind: str) -> list[Op]:
+    """Ops that make ``current`` (server objects with ids) hold ``desired`` (bodies), fewest first:
+    equal contents are kept, the rest are updated pairwise, then deleted or created. An update
+    leaves the author of the existing object as it is."""
+    left = list(desired)
+    rest = []
+    for cur in sorted(current, key=lambda c: c.get("id") or 0):
+        k = _canon(key(cur))
+        hit = next((i for i, d in enumerate(left) if _canon(key(d)) == k), None)
+        if hit is None:
+            rest.append(cur)
+        else:
+            left.pop(hit)
+    ops: list[Op] = [(f"update_{kind}", cur["id"], {k: v for k, v in d.items() if k != "completed_by"})
+                     for cur, d in zip(rest, left)]
+    ops += [(f"delete_{kind}", cur["id"]) for cur in rest[len(left):]]
+    ops += [(f"create_{kind}", dict(d)) for d in left[len(rest):]]
+    return ops
+
+
+def task_ops(desired: dict[str, Any], current: dict[str, Any]) -> list[Op]:
+    """Ops that make the server task ``current`` hold ``desired`` (an :func:`import_payload`).
+
+    Returns:
+        ``[]`` when the contents are equal; else ``("patch_task", {"data", "meta"})`` if data or meta
+        (without origin) differ, then annotation and prediction ops (see :func:`_match`).
+    """
+    ops: list[Op] = []
+    if (desired["data"] != (current.get("data") or {})
+            or strip_origin(desired["meta"]) != strip_origin(current.get("meta"))):
+        ops.append(("patch_task", {"data": desired["data"], "meta": desired["meta"]}))
+    ops += _match(desired["annotations"], current.get("annotations") or [], annotation_key, "annotation")
+    ops += _match(desired["predictions"], current.get("predictions") or [], prediction_key, "prediction")
+    return ops
+
+
+def apply_ops(client: LabelStudioClient, task_id: int, ops: Sequence[Op]) -> None:
+    """Send ``ops`` (from :func:`task_ops`) for one task, one request each."""
+    for op in ops:
+        kind = op[0]
+        if kind == "patch_task":
+            client.update_task(task_id, op[1])
+        elif kind == "create_annotation":
+            client.create_annotation(task_id, op[1])
+        elif kind == "update_annotation":
+            client.update_annotation(op[1], op[2])
+        elif kind == "delete_annotation":
+            client.delete_annotation(op[1])
+        elif kind == "create_prediction":
+            client.create_prediction(task_id, op[1])
+        elif kind == "update_prediction":
+            client.update_prediction(op[1], op[2])
+        elif kind == "delete_prediction":
+            client.delete_prediction(op[1])
+        else:
+            raise ValueError(f"unknown op {kind}")
+
+
+def control_names(label_config: str) -> set[str]:
+    """Names of a label config's control tags (elements with ``name`` and ``toName``)."""
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError as exc:
+        raise PushError(f"the target project's label config is not valid XML: {exc}") from None
+    return {el.attrib["name"] for el in root.iter() if "name" in el.attrib and "toName" in el.attrib}
+
+
+def result_names(task: dict[str, Any]) -> set[str]:
+    """The ``from_name`` of every annotation and prediction result region of a task."""
+    return {r["from_name"] for key in ("annotations", "predictions") for item in task.get(key) or []
+            for r in item.get("result") or [] if isinstance(r, dict) and r.get("from_name")}
+
+
+def check_label_config(label_config: str, names: set[str], project_id: int) -> None:
+    """Raise :class:`LabelConfigMismatch` naming the control tags the rows use and the config lacks."""
+    missing = sorted(names - control_names(label_config))
+    if missing:
+        raise LabelConfigMismatch(
+            f"project {project_id}'s label config has no control tag named {', '.join(missing)}, which the rows' "
+            "annotation/prediction results use (from_name); add them to its label config, push to a project "
+            "with a fitting one, or use --new-project (created with the source's label config)"
+        )
+
+
+def fetch_tasks(client: LabelStudioClient, project_id: int, ids: Sequence[int], page_size: int) -> dict[int, dict]:
+    """Current server tasks by id (full objects); ids the server no longer has are absent.
+
+    Dense ids are read as keyset pages over their range; scattered ones one ``GET`` each.
+    """
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    if ids[-1] - ids[0] + 1 <= 4 * len(ids):
+        return {t["id"]: t for page in client.iter_task_pages(project_id, ids=ids, page_size=page_size) for t in page}
+    out = {}
+    for task_id in ids:
+        try:
+            out[task_id] = client.task(task_id)
+        except LabelStudioError as exc:
+            if exc.status != 404:
+                raise
+    return out
+
+
+# --- the push ----------------------------------------------------------------------------
+
+@dataclass
+class PushResult:
+    """What one push did. Counts are tasks."""
+
+    source_project: int
+    target_project: int
+    version: int
+    run_id: str
+    status: str = RUNNING
+    created: int = 0
+    updated: int = 0  # changed in place
+    deleted: int = 0
+    unchanged: int = 0  # linked rows that needed nothing
+    echoes: int = 0  # rows whose stamp moved but whose content is what was last pushed
+    resumed: int = 0  # tasks found in the target by their origin meta and linked
+    conflicts: int = 0  # both sides changed since the last push; the source won
+    authors_dropped: int = 0  # annotations whose completed_by is not a user of the server
+    new_project: bool = False
+    requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def moved(self) -> int:
+        """Tasks created, updated or deleted in the target."""
+        return self.created + self.updated + self.deleted
+
+    def summary(self) -> str:
+        """One line: ``push project 3 v7 -> project 9: +10 ~2 -1 (1.3 s, 6 requests)``."""
+        extra = [f"{n} {what}" for n, what in ((self.unchanged, "unchanged"), (self.resumed, "resumed"),
+                 (self.conflicts, "conflicts (source won)"), (self.authors_dropped, "authors not on server"))
+                 if n]
+        new = " (new project)" if self.new_project else ""
+        return (f"push project {self.source_project} v{self.version} -> project {self.target_project}{new}: "
+                f"+{self.created} ~{self.updated} -{self.deleted}{'; ' + ', '.join(extra) if extra else ''} "
+                f"({self.seconds:.1f} s, {self.requests} requests)")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-able values."""
+        return asdict(self)
+
+
+def push(
+    syncer: Any,
+    source_project: int,
+    *,
+    target_project: int | None = None,
+    version: int | str | None = None,
+    as_of: Any = None,
+    ids: Sequence[int] | None = None,
+    where: str | None = None,
+    delete: bool = False,
+    full: bool = False,
+    title: str | None = None,
+    progress: bool = False,
+    trigger: str = "manual",
+) -> PushResult:
+    """Push a stored version of ``source_project`` into a Label Studio project.
+
+    Args:
+        syncer: a :class:`ls_space_sync.sync.Syncer` (client, state database, store root, settings).
+        source_project: the project whose dataset is read.
+        target_project: the project to write; ``None`` creates one with the version's label config.
+        version, as_of: which stored version (a number or tag; or the version current at a UTC
+            time); default latest.
+        ids: only these source task ids. where: a Lance SQL predicate on the columns
+            (``is_labeled = true``, ``data.text LIKE '%x%'``).
+        delete: delete target tasks whose linked source rows are not in the selection.
+        full: compare every linked row with its target task on the server, not only rows whose
+            stamp moved since the last push (repairs hand edits in the target).
+        title: title of a created project.
+        progress: show a progress bar on stderr.
+        trigger: recorded with the run (``manual``, ``mirror``).
+
+    Returns:
+        The push's counts; ``status`` is ``succeeded`` or ``skipped`` (nothing moved).
+
+    Raises:
+        StoreError: no dataset, or no such version/tag. PushError: bad filter or options.
+        LabelConfigMismatch: the target's label config lacks controls the rows use.
+        LabelStudioError: the server refused a request (its message is passed on).
+    """
+    store = syncer.store(source_project)
+    ds = store.dataset(version, as_of=as_of)
+    filters = [f"({where})"] if where else []
+    if ids:
+        filters.append(f"id IN ({', '.join(str(int(i)) for i in ids)})")
+    job = _Push(syncer, store, ds, " AND ".join(filters) or None, delete=delete, full=full, progress=progress)
+    Base.metadata.create_all(syncer.state.engine)
+    new_project = target_project is None
+    if new_project:
+        config = store.label_config(ds.version)
+        if not config:
+            raise PushError(f"project {source_project} v{ds.version} has no stored label config; "
+                            "create the target project yourself and pass --to-project")
+        target_project = syncer.client.create_project(title or f"Copy of project {source_project} (v{ds.version})", config)
+        job.target_config = config
+        log.info("created project %s for the push of project %s v%s", target_project, source_project, ds.version)
+    job.target = int(target_project)
+    with project_lock(syncer.root / ".push", job.target):
+        scan = _recover(syncer.state, source_project, job.target)
+        run = syncer.state.start_run(source_project, kind="push", trigger=trigger)
+        with syncer.state.Session.begin() as s:
+            s.add(PushRun(run_id=run.run_id, source_project=source_project, target_project=job.target,
+                          source_version=ds.version, new_project=new_project))
+        job.result = PushResult(source_project, job.target, ds.version, run.run_id, new_project=new_project)
+        before, started = syncer.client.requests, time.monotonic()
+        tag = version if isinstance(version, str) and not version.isdigit() else None
+        try:
+            with run_context(run.run_id, source_project):
+                # Scan the target's task meta when a push may have died between import and links,
+                # and on --full (a repair), unless the target is new.
+                job.run(run.run_id, scan=not new_project and (scan or full))
+        except BaseException as exc:
+            syncer.state.finish_run(run.run_id, FAILED, error=f"{type(exc).__name__}: {exc}"[:2000],
+                                    requests=syncer.client.requests - before, version=ds.version, tag=tag,
+                                    inserted=job.result.created, updated=job.result.updated, deleted=job.result.deleted)
+            raise
+        r = job.result
+        r.requests, r.seconds = syncer.client.requests - before, time.monotonic() - started
+        r.status = SUCCEEDED if r.moved else SKIPPED
+        syncer.state.finish_run(run.run_id, r.status, inserted=r.created, updated=r.updated, deleted=r.deleted,
+                                version=ds.version, tag=tag, requests=r.requests)
+        return r
+
+
+def _recover(state: StateDB, source: int, target: int) -> bool:
+    """Close pushes to ``target`` still marked running (we hold its lock: their process died).
+
+    Returns whether the last push from ``source`` to ``target`` did not finish cleanly, i.e. whether
+    the target may hold tasks imported right before the links were written.
+    """
+    with state.Session.begin() as s:
+        q = (select(SyncRun).join(PushRun, PushRun.run_id == SyncRun.run_id)
+             .where(PushRun.target_project == target).order_by(SyncRun.started_at.desc()))
+        runs = list(s.scalars(q.limit(50)))
+        for run in runs:
+            if run.status == RUNNING:
+                run.status, run.finished_at = FAILED, utcnow()
+                run.error = "the process stopped during the push; the next push resumed it"
+        last = next((r for r in runs if r.project_id == source), None)
+        return last is not None and last.status == FAILED
+
+
+class _Push:
+    """The state of one push between its plan and its last request."""
+
+    def __init__(self, syncer: Any, store: ProjectStore, ds: Any, filter_: str | None, *, delete: bool, full: bool,
+                 progress: bool):
+        self.client: LabelStudioClient = syncer.client
+        self.state: StateDB = syncer.state
+        self.chunk = syncer.settings.push.chunk_size
+        self.page_size = syncer.settings.sync.page_size
+        self.store, self.ds, self.filter = store, ds, filter_
+        self.source = store.project_id
+        self.delete, self.full, self.progress = delete, full, progress
+        self.target = 0
+        self.target_config: str | None = None
+        self.users: set[int] | None = None
+        self.links: dict[int, list[_Link]] = {}
+        self.result: PushResult
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def batches(self) -> Iterator[Any]:
+        """Yield the selected rows of the version as Arrow record batches."""
+        try:
+            yield from self.ds.to_batches(filter=self.filter)
+        except (ValueError, OSError) as exc:
+            if self.filter is None:
+                raise
+            cols = ", ".join(self.ds.schema.names)
+            raise PushError(f"the filter {self.filter!r} does not work on this dataset ({str(exc)[:300]}); "
+                            f"write a SQL predicate over the columns {cols}") from None
+
+    def present(self) -> set[tuple[int, int]]:
+        """(id, created_at in microseconds) of every row of the version, filter or not."""
+        out: set[tuple[int, int]] = set()
+        for batch in self.ds.to_batches(columns=["id", "created_at"]):
+            created = batch.column("created_at").cast(pa.int64()).to_pylist()
+            out.update(zip(batch.column("id").to_pylist(), created))
+        return out
+
+    def load_links(self) -> None:
+        with self.state.Session() as s:
+            q = select(PushLink).where(or_(
+                (PushLink.source_project == self.source) & (PushLink.target_project == self.target),
+                (PushLink.source_project == self.target) & (PushLink.target_project == self.source)))
+            for row in s.scalars(q):
+                link = _Link.of(row, self.source)
+                self.links.setdefault(link.here_id, []).append(link)
+
+    def link_of(self, task_id: int, created: int) -> _Link | None:
+        for link in self.links.get(task_id, []):
+            if link.here_created in (None, created):
+                link.here_created = created
+                return link
+        return None
+
+    def origin(self, task: dict[str, Any]) -> dict[str, Any]:
+        return {"dataset": f"project-{self.source}", "version": self.ds.version, "source_project": self.source,
+                "source_id": task["id"], "source_created_at": task.get("created_at")}
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self, run_id: str, scan: bool) -> None:
+        self.run_id = run_id
+        self.load_links()
+        if scan or (not self.links and self.target_config is None):
+            self.scan_origins()  # an existing target, never pushed to from here (or the state was lost)
+        new, changed, names = self.plan()
+        if new or changed:
+            self.check_config(names)
+            self.write(new, changed)
+        if self.delete:
+            self.delete_gone(self.present())
+        self.save([link for links in self.links.values() for link in links if link.dirty])
+
+    def scan_origins(self) -> None:
+        """Link target tasks that carry this source's origin mark but have no link (a push that died)."""
+        found = []
+        for page in self.client.iter_task_pages(self.target, fields="task_only", include="id,created_at,meta",
+                                                page_size=max(self.page_size, 1000)):
+            for task in page:
+                origin = (task.get("meta") or {}).get(ORIGIN_KEY) or {}
+                if origin.get("source_project") != self.source or not isinstance(origin.get("source_id"), int):
+                    continue
+                created = _micros(origin.get("source_created_at"))
+                if self.link_of(origin["source_id"], created) is not None:
+                    continue
+                link = _Link(None, True, origin["source_id"], created, None, task["id"],
+                             _micros(task.get("created_at")), None, None, dirty=True)
+                self.links.setdefault(link.here_id, []).append(link)
+                found.append(link)
+        if found:
+            log.warning("project %s already holds %d tasks from an interrupted push of project %s; linked them "
+                        "instead of importing them again", self.target, len(found), self.source)
+            self.save(found)
+        self.result.resumed = len(found)
+
+    def plan(self) -> tuple[set[int], set[int], set[str]]:
+        """Classify the selected rows: new, changed (content differs from the last push), unchanged.
+
+        Reads the stamp columns of every row; a row's full content only when its stamp moved.
+        Returns ``(new ids, changed ids, from_names their results use)``.
+        """
+        new: set[int] = set()
+        changed: set[int] = set()
+        names: set[str] = set()
+        for batch in self.batches():
+            full_rows = None
+            for i, srow in enumerate(batch.select(STAMP_COLUMNS).to_pylist()):
+                stamp = stamp_of(srow)
+                stamp_json = json.dumps(list(stamp))
+                link = self.link_of(srow["id"], stamp[0])
+                if link is not None and not self.full and link.here_stamp == stamp_json:
+                    self.result.unchanged += 1
+                    continue
+                full_rows = full_rows or batch.to_pylist()
+                task = row_to_task(full_rows[i])
+                if link is None:
+                    origin = (task.get("meta") or {}).get(ORIGIN_KEY) or {}
+                    if origin.get("source_project") != self.target or not isinstance(origin.get("source_id"), int):
+                        new.add(task["id"])
+                        names |= result_names(task)
+                        continue
+                    # It came from the target (a mirror's other direction): link it back, never re-import.
+                    link = _Link(None, False, task["id"], stamp[0], None, origin["source_id"],
+                                 _micros(origin.get("source_created_at")), None, None, dirty=True)
+                    self.links.setdefault(task["id"], []).append(link)
+                if not self.full and link.content_hash == content_hash(task):
+                    link.here_stamp, link.dirty = stamp_json, True  # an echo of the last push, or a no-op edit
+                    self.result.echoes += 1
+                    continue
+                changed.add(task["id"])
+                names |= result_names(task)
+        return new, changed, names
+
+    def check_config(self, names: set[str]) -> None:
+        if self.target_config is None:
+            self.target_config = self.client.project(self.target).label_config
+        check_label_config(self.target_config, names, self.target)
+
+    def write(self, new: set[int], changed: set[int]) -> None:
+        """Import new rows and update changed ones, ``push.chunk_size`` tasks per request batch."""
+        from tqdm import tqdm
+
+        if self.users is None:
+            self.users = self.client.user_ids()
+        bar = tqdm(total=len(new) + len(changed), unit="task", disable=not self.progress,
+                   desc=f"push -> project {self.target}")
+        to_import: list[tuple[dict[str, Any], Any]] = []
+        to_update: list[tuple[dict[str, Any], Any, _Link]] = []
+        try:
+            for batch in self.batches():
+                ids = batch.column("id").to_pylist()
+                if not any(i in new or i in changed for i in ids):
+                    continue
+                for task_id, row in zip(ids, batch.to_pylist()):
+                    if task_id not in new and task_id not in changed:
+                        continue
+                    stamp = stamp_of(row)
+                    task = row_to_task(row)
+                    if task_id in new:
+                        to_import.append((task, stamp))
+                    else:
+                        to_update.append((task, stamp, self.link_of(task_id, stamp[0])))
+                    if len(to_import) >= self.chunk:
+                        bar.update(self.import_chunk(to_import))
+                        to_import = []
+                    if len(to_update) >= self.chunk:
+                        bar.update(self.update_chunk(to_update))
+                        to_update = []
+            if to_update:
+                bar.update(self.update_chunk(to_update))
+            if to_import:
+                bar.update(self.import_chunk(to_import))
+        finally:
+            bar.close()
+
+    def import_chunk(self, items: list[tuple[dict[str, Any], Any]], replacing: list[_Link] | None = None) -> int:
+        """Import tasks in one request and write their links at once (before anything else)."""
+        payload = [import_payload(t, self.origin(t), self.users) for t, _ in items]
+        self.result.authors_dropped += sum(
+            1 for (t, _), p in zip(items, payload) for a, b in zip(t.get("annotations") or [], p["annotations"])
+            if _author(a) is not None and "completed_by" not in b)
+        try:
+            ids = self.client.import_tasks(self.target, payload)
+        except ServerUnavailable as exc:
+            raise ServerUnavailable(f"{exc}; run the push again: it finds tasks imported before the failure by "
+                                    "their origin meta and does not import them twice") from None
+        links = replacing or [None] * len(items)
+        out = []
+        for (task, stamp), target_id, old, body in zip(items, ids, links, payload):
+            link = old or _Link(None, True, task["id"], stamp[0], None, 0, None, None, None)
+            link.there_id, link.there_created, link.there_stamp = target_id, None, None
+            link.here_stamp, link.content_hash, link.dirty = json.dumps(list(stamp)), content_hash(body), True
+            if old is None:
+                self.links.setdefault(task["id"], []).append(link)
+            out.append(link)
+        self.save(out)
+        self.result.created += len(items)
+        return len(items)
+
+    def update_chunk(self, items: list[tuple[dict[str, Any], Any, _Link]]) -> int:
+        """Make linked target tasks hold their rows' content, in place; re-import those gone."""
+        current = fetch_tasks(self.client, self.target, [link.there_id for _, _, link in items], self.page_size)
+        gone = []
+        for task, stamp, link in items:
+            cur = current.get(link.there_id)
+            if cur is None or (link.there_created is not None and _micros(cur.get("created_at")) != link.there_created):
+                gone.append((task, stamp, link))
+                continue
+            desired = import_payload(task, self.origin(task), self.users)
+            want = content_hash(desired)
+            have = content_hash(cur)
+            if link.content_hash is not None and have not in (link.content_hash, want):
+                self.result.conflicts += 1
+                log.warning("task %s of project %s changed on both sides since the last push; the source wins "
+                            "(the target's edit is in its own dataset if it was pulled)", cur["id"], self.target)
+            ops = task_ops(desired, cur)
+            apply_ops(self.client, cur["id"], ops)
+            if ops:
+                self.result.updated += 1
+            else:
+                self.result.unchanged += 1
+            link.here_stamp, link.content_hash, link.dirty = json.dumps(list(stamp)), want, True
+            link.there_created, link.there_stamp = _micros(cur.get("created_at")), None
+        gone_ids = {id(link) for _, _, link in gone}
+        self.save([link for _, _, link in items if id(link) not in gone_ids])
+        if gone:
+            log.info("%d linked tasks are gone from project %s; importing them again", len(gone), self.target)
+            self.import_chunk([(t, s) for t, s, _ in gone], replacing=[link for _, _, link in gone])
+        return len(items)
+
+    def delete_gone(self, present: set[tuple[int, int]]) -> None:
+        """Delete target tasks whose linked source rows are gone from the version (hard deletes).
+
+        A row that merely falls outside ``--ids``/``--where`` is not a delete.
+        """
+        present_ids = {i for i, _ in present}
+        gone = [link for links in self.links.values() for link in links if link.row_id is not None and (
+            (link.here_id, link.here_created) not in present if link.here_created is not None
+            else link.here_id not in present_ids)]
+        for start in range(0, len(gone), self.chunk):
+            part = gone[start:start + self.chunk]
+            ids = [link.there_id for link in part]
+            present = {t["id"]: t for page in self.client.iter_task_pages(
+                self.target, ids=ids, fields="task_only", include="id,created_at", page_size=self.chunk) for t in page}
+            doomed = [link.there_id for link in part if link.there_id in present and link.there_created in
+                      (None, _micros(present[link.there_id].get("created_at")))]
+            self.client.delete_tasks(self.target, doomed)
+            self.result.deleted += len(doomed)
+            with self.state.Session.begin() as s:
+                s.execute(delete(PushLink).where(PushLink.id.in_([link.row_id for link in part])))
+            for link in part:
+                self.links[link.here_id].remove(link)
+
+    def save(self, links: list[_Link]) -> None:
+        """Write links (insert or update) in one transaction."""
+        if not links:
+            return
+        now = utcnow()
+        with self.state.Session.begin() as s:
+            for link in links:
+                cols = link.columns(self.source, self.target) | {"version": self.ds.version, "run_id": self.run_id,
+                                                                 "pushed_at": now}
+                if link.row_id is None:
+                    row = PushLink(**cols)
+                    s.add(row)
+                    s.flush()
+                    link.row_id = row.id
+                else:
+                    row = s.get(PushLink, link.row_id)
+                    for key, value in cols.items():
+                        setattr(row, key, value)
+                link.dirty = False
+
+
+def _micros(value: Any) -> int | None:
+    """``created_at`` (ISO string) as microseconds since the epoch; ``None`` if absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return stamp_of({"created_at": value, "updated_at": value})[0]
+    except ValueError:
+        return None
+
+
+
+@click.command("push")
+@click.option("--project", "-p", type=int, required=True, help="Source project: the dataset to read.")
+@click.option("--tag", help="A tag, e.g. run-000003 (default: the latest version).")
+@click.option("--version", "version", type=int, help="A version number.")
+@click.option("--as-of", "as_of", metavar="TIME", help="The version current at this UTC time (ISO 8601).")
+@click.option("--ids", metavar="1,2,3", help="Only these source task ids.")
+@click.option("--where", metavar="SQL", help='Only rows matching a SQL predicate, e.g. "is_labeled = true".')
+@click.option("--to-project", "to_project", type=int, help="Push into this existing project.")
+@click.option("--new-project", is_flag=True, help="Create a project with the version's label config.")
+@click.option("--title", help="Title of the project --new-project creates.")
+@click.option("--delete", is_flag=True, help="Delete target tasks whose source rows were deleted.")
+@click.option("--full", is_flag=True, help="Compare every pushed task with the server, not only changed rows.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.pass_obj
+def push_command(ctx: Any, project: int, tag: str | None, version: int | None, as_of: str | None, ids: str | None,
+                 where: str | None, to_project: int | None, new_project: bool, title: str | None, delete: bool,
+                 full: bool, progress: bool | None) -> None:
+    """Push a stored version's rows into a Label Studio project as tasks.
+
+    Sends only rows that changed since the last push to the same project; changed tasks are
+    updated in place (task ids kept). Annotations keep their author when that user exists on
+    the server, else the server records you as the author.
+    """
+    import sys
+
+    from .cli import pick_version
+    from .logs import setup_logging
+
+    setup_logging(ctx.settings.log_format, ctx.verbose)
+    if (to_project is None) == (not new_project):
+        raise click.UsageError("give exactly one of --to-project ID and --new-project")
+    if title and not new_project:
+        raise click.UsageError("--title names the project --new-project creates")
+    try:
+        id_list = [int(i) for i in ids.split(",") if i.strip()] if ids else None
+    except ValueError:
+        raise click.UsageError(f"--ids takes task ids separated by commas, like 1,2,3 (got {ids!r})") from None
+    which = pick_version(tag, version, as_of)
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        result = push(ctx.syncer, project, target_project=to_project, version=which.get("version"),
+                      as_of=which.get("as_of"), ids=id_list, where=where, delete=delete, full=full, title=title,
+                      progress=show)
+    except PushError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.summary())
+    if result.updated:
+        click.echo("  changed tasks were updated in place: data/meta patched, annotations and predictions "
+                   "matched by content, then updated, deleted or created; task ids kept")

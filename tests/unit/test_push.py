@@ -1,0 +1,439 @@
+"""Push, mirror and restore against an in-memory Label Studio with write endpoints (respx),
+plus the pure content/ops functions. The real server runs in tests/integration/test_push.py."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from ls_space_sync.labelstudio import LabelStudioError, ServerUnavailable
+from ls_space_sync.mirror import mirror_once
+from ls_space_sync.push import (
+    ORIGIN_KEY, LabelConfigMismatch, PushError, _Push, check_label_config, content_hash, control_names,
+    import_payload, push, task_ops,
+)
+from ls_space_sync.restore import apply_restore, plan_restore
+from ls_space_sync.settings import MirrorSettings, load_settings
+from ls_space_sync.state import FAILED, SKIPPED, SUCCEEDED
+from ls_space_sync.sync import Syncer
+
+URL = "http://ls.test"
+KEY = "unit-test-token"
+CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+          '<Choice value="a"/><Choice value="b"/></Choices></View>')
+
+
+def choice(v: str) -> list[dict[str, Any]]:
+    return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [v]}}]
+
+
+class FakeServer:
+    """Projects, tasks, annotations and predictions in memory, with Label Studio 1.23's answers."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
+        self.projects: dict[int, dict[str, Any]] = {}
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.users = {1, 2}
+        self.ids = itertools.count(1)
+        self.calls: list[httpx.Request] = []
+        self.fail_import: list[httpx.Response | str | None] = []  # answers to the next imports
+
+    def ts(self) -> str:
+        self.now += timedelta(seconds=1)
+        return self.now.isoformat().replace("+00:00", "Z")
+
+    def project(self, title: str = "p", config: str = CONFIG) -> int:
+        pid = next(self.ids)
+        self.projects[pid] = {"id": pid, "title": title, "label_config": config}
+        return pid
+
+    def add(self, pid: int, task: dict[str, Any]) -> int:
+        ts = self.ts()
+        tid = next(self.ids)
+        self.tasks[tid] = {"id": tid, "project": pid, "data": task["data"], "meta": task.get("meta", {}),
+                           "created_at": ts, "updated_at": ts, "annotations": [], "predictions": []}
+        for a in task.get("annotations", []):
+            self.tasks[tid]["annotations"].append(self._ann(a, ts))
+        for p in task.get("predictions", []):
+            self.tasks[tid]["predictions"].append({"id": next(self.ids), "result": p.get("result", []),
+                                                   "score": p.get("score"), "model_version": p.get("model_version", ""),
+                                                   "created_at": ts, "updated_at": ts})
+        return tid
+
+    def _ann(self, a: dict[str, Any], ts: str) -> dict[str, Any]:
+        return {"id": next(self.ids), "result": a.get("result", []), "completed_by": a.get("completed_by", 1),
+                "was_cancelled": a.get("was_cancelled", False), "ground_truth": a.get("ground_truth", True),
+                "lead_time": a.get("lead_time"), "created_at": ts, "updated_at": ts}
+
+    def of(self, pid: int) -> list[dict[str, Any]]:
+        return [t for t in sorted(self.tasks.values(), key=lambda t: t["id"]) if t["project"] == pid]
+
+    def view(self, t: dict[str, Any]) -> dict[str, Any]:
+        return {**t, "total_annotations": sum(not a["was_cancelled"] for a in t["annotations"]),
+                "cancelled_annotations": sum(a["was_cancelled"] for a in t["annotations"]),
+                "total_predictions": len(t["predictions"]), "is_labeled": bool(t["annotations"])}
+
+    def touch(self, tid: int) -> None:
+        self.tasks[tid]["updated_at"] = self.ts()
+
+    def find(self, kind: str, oid: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        for t in self.tasks.values():
+            for o in t[kind]:
+                if o["id"] == oid:
+                    return t, o
+        raise KeyError(oid)
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request)
+        path, method = request.url.path, request.method
+        body = json.loads(request.content) if request.content else None
+        q = request.url.params
+        if m := re.fullmatch(r"/api/projects/(\d+)/", path):
+            p = self.projects[int(m[1])]
+            info = {**p, "task_number": len(self.of(p["id"]))}
+            return httpx.Response(200, json=info, headers={"Date": format_datetime(self.now, usegmt=True)})
+        if path == "/api/projects/" and method == "POST":
+            pid = self.project(body["title"], body["label_config"])
+            return httpx.Response(201, json=self.projects[pid])
+        if path == "/api/users/":
+            return httpx.Response(200, json=[{"id": u} for u in sorted(self.users)])
+        if m := re.fullmatch(r"/api/projects/(\d+)/import", path):
+            fail = self.fail_import.pop(0) if self.fail_import else None
+            if isinstance(fail, httpx.Response):
+                return fail
+            for t in body:
+                for a in t.get("annotations", []):
+                    if "completed_by" in a and a["completed_by"] not in self.users:
+                        return httpx.Response(400, json={"detail": "Validation error", "validation_errors": {
+                            "non_field_errors": [f"Import data contains completed_by={a['completed_by']} which is "
+                                                 "not a valid annotator's email or ID"]}})
+            ids = [self.add(int(m[1]), t) for t in body]
+            if fail == "timeout after import":
+                raise httpx.ReadTimeout("timed out", request=request)
+            return httpx.Response(201, json={"task_count": len(ids), "task_ids": ids})
+        if path == "/api/tasks/":
+            return self.list_tasks(q)
+        if m := re.fullmatch(r"/api/tasks/(\d+)/", path):
+            t = self.tasks.get(int(m[1]))
+            if t is None:
+                return httpx.Response(404, json={"detail": "Not found."})
+            if method == "PATCH":
+                t.update(body)
+                self.touch(t["id"])
+            return httpx.Response(200, json=self.view(t))
+        if m := re.fullmatch(r"/api/tasks/(\d+)/annotations/", path):
+            t = self.tasks[int(m[1])]
+            t["annotations"].append(self._ann(body, self.ts()))
+            self.touch(t["id"])
+            return httpx.Response(201, json=t["annotations"][-1])
+        if path == "/api/predictions/":
+            t = self.tasks[body.pop("task")]
+            t["predictions"].append({"id": next(self.ids), "model_version": "", **body})
+            self.touch(t["id"])
+            return httpx.Response(201, json=t["predictions"][-1])
+        if m := re.fullmatch(r"/api/(annotations|predictions)/(\d+)/", path):
+            t, o = self.find(m[1], int(m[2]))
+            if method == "DELETE":
+                t[m[1]].remove(o)
+            else:
+                o.update(body)
+            self.touch(t["id"])
+            return httpx.Response(204 if method == "DELETE" else 200, json=None if method == "DELETE" else o)
+        if path == "/api/dm/actions/":
+            for tid in body["selectedItems"]["included"]:
+                self.tasks.pop(tid, None)
+            return httpx.Response(200, json={})
+        raise AssertionError(f"unexpected {method} {path}")
+
+    def list_tasks(self, q: httpx.QueryParams) -> httpx.Response:
+        tasks = [self.view(t) for t in self.of(int(q["project"]))]
+        for f in json.loads(q.get("query") or "{}").get("filters", {}).get("items", []):
+            key, op, value = f["filter"], f["operator"], f["value"]
+            if key == "filter:tasks:id":
+                test = {"greater": lambda t: t["id"] > value, "greater_or_equal": lambda t: t["id"] >= value,
+                        "less_or_equal": lambda t: t["id"] <= value}[op]
+            else:
+                test = lambda t: t["updated_at"] > value  # noqa: E731 - same format, so string order works
+            tasks = [t for t in tasks if test(t)]
+        tasks = tasks[: int(q.get("page_size", 100))]
+        if q.get("fields") != "all":
+            tasks = [{k: v for k, v in t.items() if k not in ("annotations", "predictions")} for t in tasks]
+        if q.get("include"):
+            tasks = [{k: t[k] for k in q["include"].split(",") if k in t} for t in tasks]
+        return httpx.Response(200, json={"tasks": json.loads(json.dumps(tasks))})
+
+    def writes(self) -> list[str]:
+        return [f"{r.method} {r.url.path}" for r in self.calls if r.method != "GET"]
+
+
+@pytest.fixture
+def fake():
+    server = FakeServer()
+    with respx.mock(assert_all_called=False) as router:
+        router.route(url__startswith=URL).mock(side_effect=server.handle)
+        yield server
+
+
+def make_syncer(tmp_path, **overrides):
+    settings = load_settings(
+        env={"LABEL_STUDIO_URL": URL, "LABEL_STUDIO_API_KEY": KEY},
+        overrides={"data_dir": str(tmp_path), "sync": {"lag_seconds": 0, "page_size": 50},
+                   "push": {"chunk_size": 4}, "label_studio": {"retries": 2, "retry_max_wait_seconds": 0.01},
+                   **overrides},
+    )
+    return Syncer(settings)
+
+
+def seed(fake: FakeServer, n: int = 6) -> int:
+    pid = fake.project("source")
+    for i in range(n):
+        fake.add(pid, {"data": {"text": f"t{i}"}, "meta": {"batch": i // 3},
+                       "annotations": [{"result": choice("a"), "completed_by": 2, "ground_truth": False,
+                                        "lead_time": 1.5}] if i % 2 == 0 else
+                       [{"result": [], "was_cancelled": True, "completed_by": 7}],
+                       "predictions": [{"result": choice("b"), "score": 0.25, "model_version": "m1"}]})
+    return pid
+
+
+def contents(fake: FakeServer, pid: int) -> list[str]:
+    return sorted(content_hash(t) for t in fake.of(pid))
+
+
+# --- pure functions ------------------------------------------------------------------------
+
+def test_task_ops_are_empty_for_equal_content_whatever_ids_authors_and_times():
+    task = {"data": {"text": "x"}, "meta": {}, "annotations": [{"result": choice("a"), "completed_by": 2}],
+            "predictions": [{"result": choice("b"), "score": 0.5, "model_version": "m"}]}
+    desired = import_payload(task, {"source_id": 1}, users={1})
+    current = {"id": 9, "data": {"text": "x"}, "meta": {ORIGIN_KEY: {"source_id": 5}},
+               "annotations": [{"id": 3, "result": choice("a"), "completed_by": {"id": 1}, "ground_truth": False}],
+               "predictions": [{"id": 4, "result": choice("b"), "score": 0.5, "model_version": "m"}]}
+    assert task_ops(desired, current) == []
+    assert content_hash(desired) == content_hash(current) == content_hash(task)
+
+
+def test_task_ops_keep_equal_annotations_and_update_delete_create_the_rest():
+    desired = import_payload({"data": {"text": "y"}, "annotations": [
+        {"result": choice("a")}, {"result": choice("b")}, {"result": [], "was_cancelled": True}]}, None, None)
+    current = {"data": {"text": "x"}, "meta": {}, "annotations": [
+        {"id": 1, "result": choice("b")}, {"id": 2, "result": choice("z")}],
+        "predictions": [{"id": 5, "result": choice("a"), "score": 0.1}]}
+    ops = task_ops(desired, current)
+    assert ops == [
+        ("patch_task", {"data": {"text": "y"}, "meta": {}}),
+        ("update_annotation", 2, {"result": choice("a"), "was_cancelled": False, "ground_truth": False}),
+        ("create_annotation", {"result": [], "was_cancelled": True, "ground_truth": False}),
+        ("delete_prediction", 5),
+    ]
+
+
+def test_import_payload_keeps_authors_the_server_knows_and_marks_the_origin():
+    task = {"id": 4, "data": {"t": 1}, "meta": {"k": 1, ORIGIN_KEY: {"old": True}},
+            "annotations": [{"result": [], "completed_by": 2, "lead_time": 3.0}, {"result": [], "completed_by": 9}]}
+    body = import_payload(task, {"source_id": 4}, users={1, 2})
+    assert body["meta"] == {"k": 1, ORIGIN_KEY: {"source_id": 4}}
+    assert [a.get("completed_by") for a in body["annotations"]] == [2, None]
+    assert body["annotations"][0]["lead_time"] == 3.0
+
+
+def test_label_config_check_names_the_missing_controls():
+    assert control_names(CONFIG) == {"label"}
+    check_label_config(CONFIG, {"label"}, 3)
+    with pytest.raises(LabelConfigMismatch, match=r"no control tag named box, ner"):
+        check_label_config(CONFIG, {"label", "ner", "box"}, 3)
+
+
+# --- push ----------------------------------------------------------------------------------
+
+def test_push_to_new_project_carries_data_annotations_predictions_and_origin(tmp_path, fake):
+    src = seed(fake)
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    result = push(syncer, src, version="run-000001")
+    dst = result.target_project
+    assert (result.created, result.new_project, result.status) == (6, True, SUCCEEDED)
+    assert fake.projects[dst]["label_config"] == CONFIG
+    assert contents(fake, dst) == contents(fake, src)
+    imports = [w for w in fake.writes() if w.endswith("/import")]
+    assert len(imports) == 2  # 6 tasks in chunks of 4
+    pushed = fake.of(dst)
+    assert pushed[0]["meta"][ORIGIN_KEY] == {"dataset": f"project-{src}", "version": 1, "source_project": src,
+                                             "source_id": fake.of(src)[0]["id"],
+                                             "source_created_at": fake.of(src)[0]["created_at"]}
+    assert pushed[0]["annotations"][0]["completed_by"] == 2  # a known user keeps authorship
+    assert pushed[1]["annotations"][0]["completed_by"] == 1  # user 7 is unknown: the pushing user
+    assert result.authors_dropped == 3
+    run = syncer.state.runs(src, kind="push")[0]
+    assert (run.status, run.inserted, run.version, run.tag) == (SUCCEEDED, 6, 1, "run-000001")
+
+
+def test_second_push_sends_only_changed_rows_in_place_and_follows_deletes(tmp_path, fake):
+    src = seed(fake)
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    push(syncer, src, target_project=dst)
+    fake.calls.clear()
+    again = push(syncer, src, target_project=dst)
+    assert (again.status, again.unchanged, again.requests, len(fake.calls)) == (SKIPPED, 6, 0, 0)
+
+    ids = [t["id"] for t in fake.of(src)]
+    fake.tasks[ids[0]]["annotations"][0]["result"] = choice("b")
+    fake.touch(ids[0])
+    fake.touch(ids[1])  # a stamp that moved with the same content: no request for it
+    fake.tasks.pop(ids[5])
+    syncer.run_once(src)
+    before = {t["id"] for t in fake.of(dst)}
+    fake.calls.clear()
+    result = push(syncer, src, target_project=dst, delete=True)
+    assert (result.created, result.updated, result.deleted, result.echoes) == (0, 1, 1, 1)
+    assert fake.writes() == [f"PATCH /api/annotations/{fake.of(dst)[0]['annotations'][0]['id']}/",
+                             "POST /api/dm/actions/"]
+    assert {t["id"] for t in fake.of(dst)} < before  # same ids, minus the deleted one
+    assert contents(fake, dst) == contents(fake, src)
+
+
+def test_where_and_ids_select_rows_and_a_bad_filter_says_which_columns_exist(tmp_path, fake):
+    src = seed(fake)
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    assert push(syncer, src, target_project=dst, where="cancelled_annotations = 0").created == 3
+    first = fake.of(src)[1]["id"]
+    assert push(syncer, src, target_project=dst, ids=[first]).created == 1
+    with pytest.raises(PushError, match="SQL predicate over the columns id, project"):
+        push(syncer, src, target_project=dst, where="no_such_column = 1")
+
+
+def test_label_config_mismatch_stops_before_any_write(tmp_path, fake):
+    src = seed(fake)
+    dst = fake.project("other", '<View><Text name="text" value="$text"/><Choices name="other" toName="text">'
+                                '<Choice value="a"/></Choices></View>')
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    with pytest.raises(LabelConfigMismatch, match=f"project {dst}'s label config has no control tag named label"):
+        push(syncer, src, target_project=dst)
+    assert fake.of(dst) == [] and syncer.state.runs(src, kind="push")[0].status == FAILED
+
+
+def test_a_refused_import_passes_the_server_message_on(tmp_path, fake):
+    src = seed(fake, 2)
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    fake.fail_import.append(httpx.Response(400, json={"validation_errors": {
+        "non_field_errors": ['Error at item 0: "text" key is expected in task data']}}))
+    with pytest.raises(LabelStudioError, match='refused the import of 2 tasks.*"text" key is expected in task data'):
+        push(syncer, src, target_project=dst)
+
+
+def test_an_import_that_timed_out_is_not_retried_and_the_next_push_links_what_arrived(tmp_path, fake):
+    src = seed(fake, 6)
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    fake.fail_import += [None, "timeout after import"]  # the server imports the 2nd chunk, the client times out
+    with pytest.raises(ServerUnavailable, match="run the push again"):
+        push(syncer, src, target_project=dst)
+    assert len(fake.of(dst)) == 6  # 4 + 2: the second import was sent once, not retried
+    result = push(syncer, src, target_project=dst)
+    assert (result.resumed, result.created) == (2, 0)
+    assert len(fake.of(dst)) == 6 and contents(fake, dst) == contents(fake, src)
+
+
+def test_a_push_killed_between_import_and_links_resumes_without_duplicates(tmp_path, fake, monkeypatch):
+    src = seed(fake, 6)
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    real_save = _Push.save
+
+    def die_after_first_chunk(self, links):
+        if len(fake.of(dst)) > 4:  # the second chunk is imported, its links not yet written
+            raise KeyboardInterrupt("killed")
+        return real_save(self, links)
+
+    monkeypatch.setattr(_Push, "save", die_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        push(syncer, src, target_project=dst)
+    monkeypatch.setattr(_Push, "save", real_save)
+    run = syncer.state.runs(src, kind="push")[0]
+    syncer.state.finish_run(run.run_id, "running", finished_at=None)  # as SIGKILL would leave it
+    result = push(syncer, src, target_project=dst)
+    assert len(fake.of(dst)) == 6 and contents(fake, dst) == contents(fake, src)
+    assert (result.resumed, result.created, result.updated) == (2, 0, 0)
+    assert syncer.state.runs(src, kind="push")[1].status == FAILED  # the dead run is closed
+
+
+# --- mirror and restore --------------------------------------------------------------------
+
+def test_mirror_both_ways_converges_then_stays_quiet(tmp_path, fake):
+    a = seed(fake, 4)
+    syncer = make_syncer(tmp_path)
+    pair = MirrorSettings(source=a, target=None, both_ways=True)
+    first = mirror_once(syncer, pair)
+    b = first["target"]
+    assert b != a and first["moved"] == 4 and contents(fake, b) == contents(fake, a)
+    assert mirror_once(syncer, pair)["quiet"]
+    tb = fake.of(b)
+    tb[0]["annotations"][0]["result"] = choice("b")  # edited in the target
+    fake.touch(tb[0]["id"])
+    fake.add(b, {"data": {"text": "born in b"}})
+    fake.add(a, {"data": {"text": "born in a"}})
+    results = [mirror_once(syncer, pair) for _ in range(4)]
+    assert results[-1]["quiet"] and results[-2]["quiet"]
+    assert len(fake.of(a)) == len(fake.of(b)) == 6 and contents(fake, a) == contents(fake, b)
+    fake.calls.clear()
+    assert mirror_once(syncer, pair)["quiet"] and fake.writes() == []
+
+
+def test_a_conflict_lets_the_source_win_and_converges(tmp_path, fake):
+    a = seed(fake, 2)
+    syncer = make_syncer(tmp_path)
+    pair = MirrorSettings(source=a, target=None, both_ways=True)
+    b = mirror_once(syncer, pair)["target"]
+    ta, tb = fake.of(a)[0], fake.of(b)[0]
+    ta["data"] = {"text": "edited in a"}
+    tb["data"] = {"text": "edited in b"}
+    fake.touch(ta["id"])
+    fake.touch(tb["id"])
+    res = mirror_once(syncer, pair)
+    assert res["pushes"][0]["conflicts"] == 1
+    while not mirror_once(syncer, pair)["quiet"]:
+        pass
+    assert fake.tasks[ta["id"]]["data"] == fake.tasks[tb["id"]]["data"] == {"text": "edited in a"}
+    # b's edit is kept in b's dataset history
+    texts = {json.loads(r)["text"] for v in syncer.store(b).versions()
+             for r in syncer.store(b).dataset(v["version"]).to_table(columns=["data_json"]).column(0).to_pylist()}
+    assert "edited in b" in texts
+
+
+def test_restore_recreates_updates_and_deletes_to_match_a_tag(tmp_path, fake):
+    pid = seed(fake, 4)
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(pid)
+    want = contents(fake, pid)
+    ids = [t["id"] for t in fake.of(pid)]
+    fake.tasks[ids[0]]["annotations"].clear()
+    fake.touch(ids[0])
+    fake.tasks.pop(ids[1])
+    fake.add(pid, {"data": {"text": "added later"}})
+    plan = plan_restore(syncer, pid, "run-000001")
+    assert (len(plan.create), len(plan.update), len(plan.delete)) == (1, 1, 1)
+    assert "create 1 tasks" in plan.describe() and f"update 1 tasks in place: {ids[0]}" in plan.describe()
+    done = apply_restore(syncer, plan)
+    assert (done["created"], done["updated"], done["deleted"]) == (1, 1, 1)
+    assert contents(fake, pid) == want
+    assert fake.tasks[ids[0]]["annotations"][0]["completed_by"] == 2  # authorship restored
+    assert not plan_restore(syncer, pid, "run-000001")
