@@ -216,6 +216,7 @@ class Daemon:
             log.warning("stopping with runs still going after %.1f s (projects %s); the next sync of each "
                         "finishes their bookkeeping", timeout, ", ".join(map(str, still)))
             return False
+        self.syncer.client.close()
         self.state.dispose()
         return True
 

@@ -201,7 +201,7 @@ class HTTPServer:
     def __init__(self, daemon: Daemon, host: str, port: int):
         self.host, self.port = host, port
         config = uvicorn.Config(create_app(daemon), host=host, port=port, log_config=None, access_log=False,
-                                lifespan="off", server_header=False, timeout_graceful_shutdown=5)
+                                lifespan="off", ws="none", server_header=False, timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
 
