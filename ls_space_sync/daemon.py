@@ -497,8 +497,10 @@ def serve(settings: Settings, *, stop_event: threading.Event | None = None,
 @click.command("run")
 @click.option("--host", help="Bind address (default: server.host, 127.0.0.1).")
 @click.option("--port", type=int, help="TCP port (default: server.port, 9090).")
+@click.option("--install-webhooks", is_flag=True,
+              help="First register the webhook on each project, as `webhooks install` does (best effort).")
 @click.pass_obj
-def run_command(obj: Any, host: str | None, port: int | None) -> None:
+def run_command(obj: Any, host: str | None, port: int | None, install_webhooks: bool) -> None:
     """Run as a service: scheduled syncs of every project, plus /health, /metrics and /webhook.
 
     Stops on SIGTERM or SIGINT: no new runs, running ones finish (up to
@@ -514,6 +516,14 @@ def run_command(obj: Any, host: str | None, port: int | None) -> None:
     settings = obj.settings
     setup_logging(settings.log_format, obj.verbose)
     settings.require_label_studio()
+    if install_webhooks:
+        from .webhooks import apply
+
+        try:
+            for change in apply(settings, "install"):
+                log.info("%s", change.summary())
+        except LabelStudioError as exc:  # polls still run; the next start tries again
+            log.warning("could not install the webhooks: %s", exc)
     try:
         drained = serve(settings)
     except ServiceError as exc:

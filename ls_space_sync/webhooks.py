@@ -95,15 +95,37 @@ def remove(client: LabelStudioClient, settings: Settings, project_ids: list[int]
 
 # --- command line ---------------------------------------------------------------------------
 
-def _client_and_projects(obj: object, project: tuple[int, ...]) -> tuple[LabelStudioClient, Settings, list[int]]:
-    settings: Settings = obj.settings  # type: ignore[attr-defined]
-    setup_logging(settings.log_format, obj.verbose)  # type: ignore[attr-defined]
+def _client(settings: Settings) -> LabelStudioClient:
     url, key = settings.require_label_studio()
     register_secret(key)
     ls = settings.label_studio
-    client = LabelStudioClient(url, key, timeout=ls.timeout_seconds, retries=ls.retries, max_wait=ls.retry_max_wait_seconds)
-    ids = list(project) or (client.project_ids() if settings.projects == "all" else list(settings.projects))
-    return client, settings, ids
+    return LabelStudioClient(url, key, timeout=ls.timeout_seconds, retries=ls.retries, max_wait=ls.retry_max_wait_seconds)
+
+
+def apply(settings: Settings, what: str, project_ids: list[int] | None = None) -> list[WebhookChange]:
+    """Run :func:`install` or :func:`remove` (``what``) on the given or configured projects.
+
+    Raises:
+        ConfigError: no Label Studio URL or key, or (install) no webhook secret.
+        LabelStudioError: the server refused or is down.
+    """
+    client = _client(settings)
+    try:
+        ids = list(project_ids or []) or (client.project_ids() if settings.projects == "all"
+                                          else list(settings.projects))
+        return (install if what == "install" else remove)(client, settings, ids)
+    finally:
+        client.close()
+
+
+def _command(obj: object, what: str, project: tuple[int, ...]) -> None:
+    settings: Settings = obj.settings  # type: ignore[attr-defined]
+    setup_logging(settings.log_format, obj.verbose)  # type: ignore[attr-defined]
+    try:
+        for change in apply(settings, what, list(project)):
+            click.echo(change.summary())
+    except LabelStudioError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group("webhooks")
@@ -116,14 +138,7 @@ def webhooks_command() -> None:
 @click.pass_obj
 def install_command(obj: object, project: tuple[int, ...]) -> None:
     """Register one webhook per project to <server.public_url>/webhook with the secret header (idempotent)."""
-    client, settings, ids = _client_and_projects(obj, project)
-    try:
-        for change in install(client, settings, ids):
-            click.echo(change.summary())
-    except LabelStudioError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
+    _command(obj, "install", project)
 
 
 @webhooks_command.command("remove")
@@ -131,11 +146,4 @@ def install_command(obj: object, project: tuple[int, ...]) -> None:
 @click.pass_obj
 def remove_command(obj: object, project: tuple[int, ...]) -> None:
     """Delete the webhooks that `webhooks install` registered (found by their URL)."""
-    client, settings, ids = _client_and_projects(obj, project)
-    try:
-        for change in remove(client, settings, ids):
-            click.echo(change.summary())
-    except LabelStudioError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
+    _command(obj, "remove", project)
