@@ -27,6 +27,10 @@ extra                       string (JSON)                every other key, so not
 run_id                      string                       the sync run that wrote this row
 ==========================  ===========================  ==========================================
 
+Volatile keys are not stored: ``created_ago`` (a humanized "5 minutes" that Label Studio
+computes at request time) on annotations and predictions, and ``created_username`` (a display
+string, "<email>, <user id>", derived from the user). Everything else is.
+
 A typed field whose value would not convert back to the identical JSON (an unexpected type, a
 timestamp in another zone or precision) keeps its original value in ``extra`` too; on the way back
 ``extra`` wins. So :func:`row_to_task` returns exactly the task that :func:`tasks_to_table` was given.
@@ -108,6 +112,9 @@ _PREDICTION_FIELDS = [
     ("result", _JSON),
 ]
 _ARROW = {_INT: pa.int64(), _TS: TS, _JSON: pa.string(), _BOOL: pa.bool_(), _FLOAT: pa.float64(), _STR: pa.string()}
+
+# Keys of annotation/prediction objects that are derived at request time and never stored.
+VOLATILE_KEYS = frozenset({"created_ago", "created_username"})
 
 # Stamps: the columns that say whether a stored task is still current (see changes.py).
 STAMP_COLUMNS = ["id", "created_at", "updated_at", "total_annotations", "cancelled_annotations", "total_predictions"]
@@ -288,7 +295,8 @@ def task_to_row(task: dict[str, Any], keys: Sequence[str], run_id: str | None) -
                 extra.setdefault("__absent__", []).append(key)
             row["extra"] = _dumps(extra)
         else:
-            row[key] = [_encode_obj(item, fields) for item in items]
+            row[key] = [_encode_obj({k: v for k, v in item.items() if k not in VOLATILE_KEYS}, fields)
+                        for item in items]
     row["run_id"] = run_id
     return row
 

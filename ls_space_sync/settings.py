@@ -59,6 +59,9 @@ class SyncSettings(_Section):
     scan_page_size: int = Field(5000, ge=1, le=100000)
     lag_seconds: float = Field(10.0, ge=0)
     full_scan_every: int = Field(20, ge=0)  # 0: only when the task count disagrees
+    # core: the task's own keys plus annotations and predictions (labelstudio.CORE_TASK_FIELDS);
+    # all: also the Data Manager's derived columns (annotators, drafts, ...), ~1.6x slower to list.
+    task_fields: Literal["core", "all"] = "core"
     interval_seconds: float = Field(300.0, gt=0)
 
 

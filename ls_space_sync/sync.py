@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from .changes import ChangeSet, classify, full_scan_plan, stamp_of
 from .logs import register_secret, run_context
-from .labelstudio import LabelStudioClient, ProjectInfo
+from .labelstudio import CORE_TASK_FIELDS, LabelStudioClient, ProjectInfo
 from .records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
 from .settings import Settings
 from .state import FAILED, SKIPPED, SUCCEEDED, StateDB, SyncRun
@@ -222,6 +222,7 @@ class _RunPlan:
         self.run, self.store, self.info, self.schema, self.progress = run, store, info, schema, progress
         self.project_id = info.id
         self.tag = tag_name(run.seq)
+        self.include = None if self.cfg.task_fields == "all" else CORE_TASK_FIELDS
         # The signpost: the server's clock at the start, minus the lag that covers transactions
         # still committing. The cursor never moves past it.
         self.signpost = info.server_time - timedelta(seconds=self.cfg.lag_seconds)
@@ -250,7 +251,8 @@ class _RunPlan:
     def fetch_changed(self) -> None:
         """Stage every task updated after the cursor (every task, on a first sync)."""
         since = self.cursor.cursor if self.stored_count else None
-        for page in self.client.iter_task_pages(self.project_id, updated_after=since, page_size=self.cfg.page_size):
+        for page in self.client.iter_task_pages(self.project_id, updated_after=since, page_size=self.cfg.page_size,
+                                                include=self.include):
             self._stage(page)
 
     def full_scan_if_needed(self, force: bool) -> None:
@@ -268,7 +270,8 @@ class _RunPlan:
             server.update((t["id"], stamp_of(t)) for t in page)
         to_fetch, self.changes.deletes = full_scan_plan(self.store.stamps(), server, done=self.seen)
         if to_fetch:
-            for page in self.client.iter_task_pages(self.project_id, ids=to_fetch, page_size=self.cfg.page_size):
+            for page in self.client.iter_task_pages(self.project_id, ids=to_fetch, page_size=self.cfg.page_size,
+                                                    include=self.include):
                 self._stage(page)
 
     def commit(self) -> int | None:

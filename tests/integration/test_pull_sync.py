@@ -16,7 +16,8 @@ import time
 import httpx
 import pytest
 
-from ls_space_sync.records import table_to_tasks
+from ls_space_sync.labelstudio import CORE_TASK_FIELDS
+from ls_space_sync.records import VOLATILE_KEYS, table_to_tasks
 from ls_space_sync.settings import load_settings
 from ls_space_sync.sync import Syncer
 
@@ -41,16 +42,25 @@ def choice(value):
     return [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [value]}}]
 
 
-def server_tasks(label_studio, project_id):
-    """The server's own view of a project's tasks, by id."""
+def server_tasks(label_studio, project_id, include=CORE_TASK_FIELDS):
+    """The server's own view of a project's tasks, by id: the keys a sync stores, less the
+    request-time ones (``created_ago``: "5 minutes")."""
     out, page = {}, 1
     while True:
+        params = {"project": project_id, "fields": "all", "page": page, "page_size": 1000}
+        if include:
+            params["include"] = include
         resp = httpx.get(f"{label_studio.url}/api/tasks/", headers={"Authorization": f"Token {label_studio.api_key}"},
-                         params={"project": project_id, "fields": "all", "page": page, "page_size": 1000}, timeout=60)
+                         params=params, timeout=60)
         if resp.status_code == 404:
             break
         resp.raise_for_status()
         tasks = resp.json()["tasks"]
+        for task in tasks:
+            for key in ("annotations", "predictions"):
+                for item in task.get(key) or []:
+                    for volatile in VOLATILE_KEYS:
+                        item.pop(volatile, None)
         out.update((t["id"], t) for t in tasks)
         if len(tasks) < 1000:
             break
@@ -160,6 +170,16 @@ def test_reused_id_and_bulk_predictions(label_studio, ls_client, new_project, ma
     result = syncer.run_once(pid, full_scan=True)
     assert result.full_scan and result.updated == 1
     assert_store_equals_server(syncer, label_studio, pid)
+
+
+def test_task_fields_all_stores_every_key(label_studio, ls_client, new_project, make_syncer, tmp_path):
+    pid = new_project(TEXT_CONFIG)
+    import_text_tasks(ls_client, pid, 4)
+    syncer = make_syncer(tmp_path, pid, task_fields="all")
+    syncer.run_once(pid)
+    server = server_tasks(label_studio, pid, include=None)
+    assert "annotators" in next(iter(server.values()))
+    assert stored_tasks(syncer, pid) == server
 
 
 def test_template_projects_with_boxes_and_spans(label_studio, ls_client, new_project, make_syncer, tmp_path):

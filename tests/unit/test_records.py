@@ -47,6 +47,13 @@ def test_round_trip_is_exact_including_odd_values():
     assert type(r.table_to_tasks(table)[0]["predictions"][0]["score"]) is int
 
 
+def test_request_time_keys_are_not_stored():
+    schema = r.schema_for(["image"])
+    with_ago = {**TASK, "annotations": [{**TASK["annotations"][0], "created_ago": "5\u00a0minutes",
+                                          "created_username": "a@b.c, 1"}]}
+    assert r.table_to_tasks(r.tasks_to_table([with_ago], schema, None)) == [TASK]
+
+
 def test_typed_columns_hold_what_sql_needs():
     schema = r.schema_for(r.data_keys(CONFIG))
     row = r.tasks_to_table([TASK], schema, "run-x").to_pylist()[0]
