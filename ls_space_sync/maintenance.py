@@ -8,8 +8,9 @@ write lock:
    newest run tag always stays). A run tag is kept if it is among the newest ``keep_tags_count``
    *or* younger than ``keep_tags_days`` (each keep rule that is set can save a tag, as in restic's
    ``--keep-last``/``--keep-within``); with neither set no tag is pruned;
-2. compacts the latest version's fragments into few large files (``optimize.compact_files``,
-   which commits one new version with the same rows);
+2. merges the latest version's small fragments (fewer than :data:`TARGET_ROWS_PER_FRAGMENT` rows,
+   e.g. one per sync run) into few larger files (``optimize.compact_files``, which commits one new
+   version with the same rows);
 3. removes untagged versions older than ``retention_seconds`` (``cleanup_old_versions``). Lance
    keeps every tagged version and the files it reads; before removing anything the files that
    cleanup would delete are checked against the files of every tagged version, and the run is
@@ -37,6 +38,11 @@ from .store import ProjectStore, StoreError, project_lock
 log = logging.getLogger(__name__)
 
 RUN_TAG = re.compile(r"^run-\d{6}$")
+# A fragment with fewer rows is "small" and merged with its small neighbours into fragments of up to
+# this many rows; larger ones are rewritten only when more than 10% of their rows are deleted.
+# (Lance's default, 1M, would rewrite a project's whole first load on every compaction, and tags
+# keep the old copy: double the disk until those tags are pruned.)
+TARGET_ROWS_PER_FRAGMENT = 20_000
 
 
 def disk_usage(path: str | Path) -> tuple[int, int]:
@@ -186,7 +192,7 @@ def compact_project(
         for name in prune:
             ds.tags.delete(name)
             fingerprints.pop(name)
-        metrics = ds.optimize.compact_files()
+        metrics = ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT)
         log.info("project %s: compaction removed %s fragments, added %s", project_id,
                  metrics.fragments_removed, metrics.fragments_added)
         _check_cleanup_keeps_tags(store, older_than)

@@ -82,6 +82,20 @@ def test_compaction_keeps_every_tag_and_merges_fragments(settings, store):
     assert store.label_config() == "<View/>"  # read past the compaction's own versions
 
 
+def test_large_fragments_are_not_rewritten(settings, monkeypatch):
+    monkeypatch.setattr(maintenance, "TARGET_ROWS_PER_FRAGMENT", 100)
+    store = ProjectStore(settings.resolved_store_root, 5)
+    for run, ids in enumerate([range(200), range(200, 210), range(210, 220), range(220, 230)]):
+        table = tasks_to_table([task(i) for i in ids], SCHEMA, f"r{run}")
+        version, _ = store.commit(pa.RecordBatchReader.from_batches(SCHEMA, table.to_batches()), [], {"run_id": f"r{run}"})
+        store.tag(f"run-{run + 1:06d}", version)
+    first_load = store.dataset().get_fragments()[0].metadata.files[0].path  # 200 rows: large, no deletions
+    report = compact_project(settings, 5, retention_seconds=0)
+    assert (report["fragments_before"], report["fragments_after"]) == (4, 2)
+    assert first_load in {f.metadata.files[0].path for f in store.dataset().get_fragments()}
+    assert store.count() == 230
+
+
 def test_pruning_frees_disk_and_keeps_other_tags(settings, store):
     before = snapshot(store)
     report = compact_project(settings, 3, retention_seconds=0, keep_tags_count=2)
