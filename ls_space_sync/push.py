@@ -288,6 +288,21 @@ def result_names(task: dict[str, Any]) -> set[str]:
             for r in item.get("result") or [] if isinstance(r, dict) and r.get("from_name")}
 
 
+def require_results(task: dict[str, Any]) -> None:
+    """Raise :class:`PushError` if a stored task's annotations lack their ``result`` key.
+
+    Such rows come from a listing that trimmed the annotation objects (on Label Studio 1.23.2,
+    ``include=`` applies to the nested annotations too); pushing them would write empty annotations.
+    """
+    if any("result" not in a for a in task.get("annotations") or []):
+        raise PushError(
+            f"stored task {task.get('id')} has annotations without a result: this version was pulled with a "
+            "task listing that trimmed the annotation objects (sync.task_fields: core on Label Studio 1.23), "
+            "so pushing it would write empty annotations; pull the project into a new data_dir with "
+            "sync.task_fields: all and push from there"
+        )
+
+
 def check_label_config(label_config: str, names: set[str], project_id: int) -> None:
     """Raise :class:`LabelConfigMismatch` naming the control tags the rows use and the config lacks."""
     missing = sorted(names - control_names(label_config))
@@ -583,6 +598,7 @@ class _Push:
                 if link is None:
                     origin = (task.get("meta") or {}).get(ORIGIN_KEY) or {}
                     if origin.get("source_project") != self.target or not isinstance(origin.get("source_id"), int):
+                        require_results(task)
                         new.add(task["id"])
                         names |= result_names(task)
                         continue
@@ -594,6 +610,7 @@ class _Push:
                     link.here_stamp, link.dirty = stamp_json, True  # an echo of the last push, or a no-op edit
                     self.result.echoes += 1
                     continue
+                require_results(task)
                 changed.add(task["id"])
                 names |= result_names(task)
         return new, changed, names

@@ -22,7 +22,8 @@ from typing import Any
 
 import click
 
-from .push import (apply_ops, check_label_config, content_hash, import_payload, result_names, task_ops)
+from .push import (apply_ops, check_label_config, content_hash, import_payload, require_results, result_names,
+                   task_ops)
 from .records import STAMP_COLUMNS, row_to_task
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def plan_restore(syncer: Any, project_id: int, version: int | str | None = None,
 
     Raises:
         StoreError: no such version or tag. LabelStudioError: the pull failed.
+        PushError: the version's annotations were stored without results (see ``require_results``).
     """
     pulled = syncer.run_once(project_id, trigger="restore")
     store = syncer.store(project_id)
@@ -110,6 +112,8 @@ def plan_restore(syncer: Any, project_id: int, version: int | str | None = None,
             keep.append(task)
     plan.create = keep
     plan.delete = sorted(i for ids in spare.values() for i in ids)
+    for task in plan.create + [want for want, _ in plan.update]:
+        require_results(task)
     return plan
 
 
