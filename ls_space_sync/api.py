@@ -5,7 +5,7 @@
     ds = lss.open_dataset(3, tag="run-000002")          # a lance.LanceDataset, pinned to that version
     ds.to_table(columns=["id", "updated_at"], filter="is_labeled")
     lss.sql("SELECT count(*) FROM project_3")            # a pyarrow.Table
-    lss.diff(3, "run-000001", "run-000002").counts       # {"inserted": 2, "updated": 5, "deleted": 1}
+    lss.version_diff(3, "run-000001", "run-000002").counts  # {"inserted": 2, "updated": 5, "deleted": 1}
     lss.to_hf_dataset(3, regions=True)                   # datasets.Dataset, one row per region
     lss.torch_iterable(3, tag="run-000002")              # torch IterableDataset of task JSON
 
@@ -170,7 +170,7 @@ def sql(
     return _query.sql(root, query, ref=ref_of(tag, version, as_of), refs=at)
 
 
-def diff(
+def version_diff(
     project: int, old: Ref, new: Ref = None, settings: Settings | None = None, *, details: bool = True,
     data_dir: str | Path | None = None,
 ) -> VersionDiff:
@@ -179,7 +179,7 @@ def diff(
     return diff_versions(project_store(project, settings=settings, data_dir=data_dir), old, new, details=details)
 
 
-def export(
+def export_version(
     project: int,
     path: str | Path,
     format: str = "parquet",

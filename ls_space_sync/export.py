@@ -265,14 +265,14 @@ def __getattr__(name: str) -> Any:
 def export_command(obj: Any, project: int, tag: str | None, version: int | None, as_of: str | None, fmt: str,
                    regions: bool, source: str, where: str | None, output: Path) -> None:
     """Export a version of a project for training: Parquet, JSONL or a Hugging Face dataset."""
-    from .api import export, ref_of
+    from .api import export_version, ref_of
 
     try:
         ref_of(tag, version, as_of)
     except ValueError:
         raise click.UsageError("give at most one of --tag, --version and --as-of") from None
     try:
-        rows = export(project, output, fmt, tag, version, as_of, obj.settings, regions=regions, where=where,
+        rows = export_version(project, output, fmt, tag, version, as_of, obj.settings, regions=regions, where=where,
                       source=source)
     except MissingExtra as exc:
         raise click.ClickException(str(exc)) from None

@@ -159,16 +159,16 @@ def test_exports_round_trip(label_studio, project, tmp_path):
     settings, _, pid, _ = project
     server = server_tasks(label_studio, pid)
 
-    assert api.export(pid, tmp_path / "tasks.jsonl", "jsonl", settings=settings) == len(server)
+    assert api.export_version(pid, tmp_path / "tasks.jsonl", "jsonl", settings=settings) == len(server)
     exported = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
     assert {t["id"]: t for t in exported} == server  # the server's task JSON, exactly
 
     ds = api.open_dataset(pid, tag="run-000001", settings=settings)
-    assert api.export(pid, tmp_path / "tasks.parquet", settings=settings) == len(server)
+    assert api.export_version(pid, tmp_path / "tasks.parquet", settings=settings) == len(server)
     assert pq.read_table(tmp_path / "tasks.parquet").sort_by("id").equals(ds.to_table().sort_by("id"))
 
     regions = sum(len(a["result"]) for t in server.values() for a in t["annotations"])
-    assert api.export(pid, tmp_path / "regions.parquet", settings=settings, regions=True) == regions
+    assert api.export_version(pid, tmp_path / "regions.parquet", settings=settings, regions=True) == regions
     spans = pq.read_table(tmp_path / "regions.parquet").to_pylist()
     assert {(r["label"], r["start"], r["end"]) for r in spans if r["type"] == "labels"} == {("PER", 0, 3)}
 
@@ -206,4 +206,4 @@ def test_compaction_keeps_every_tag_and_sync_goes_on(label_studio, ls_client, pr
     server = server_tasks(label_studio, pid)
     assert {t["id"]: t for t in table_to_tasks(store.dataset().to_table())} == server
     assert store.label_config() == ls_client.projects.get(id=pid).label_config
-    assert [u.id for u in api.diff(pid, "run-000005", "run-000006", settings=settings).updated] == [ids[5]]
+    assert [u.id for u in api.version_diff(pid, "run-000005", "run-000006", settings=settings).updated] == [ids[5]]

@@ -185,3 +185,22 @@ def test_cli_sql(root, tmp_path):
     assert both.exit_code == 2 and "at most one" in both.output
     bad = runner.invoke(main, ["--data-dir", data_dir, "sql", "SELEC 1"])
     assert bad.exit_code == 1 and "syntax error" in bad.output.lower()
+
+
+def test_python_api(root):
+    from ls_space_sync import api
+
+    data_dir = root.parent
+    assert api.open_dataset(3, tag="run-000001", data_dir=data_dir).count_rows() == 4
+    assert api.open_dataset(3, version=2, data_dir=data_dir).count_rows() == 5
+    first = api.project_store(3, data_dir=data_dir).versions()[0]["timestamp"]
+    assert api.open_dataset(3, as_of=first, data_dir=data_dir).version == 1
+    with pytest.raises(ValueError, match="at most one"):
+        api.open_dataset(3, tag="run-000001", version=1, data_dir=data_dir)
+    assert api.sql("SELECT count(*) AS n FROM project_3", tag="run-000001", data_dir=data_dir).to_pylist() == [{"n": 4}]
+    con = api.connect(data_dir=data_dir, at={3: "run-000001"})
+    assert con.execute("SELECT count(*) FROM project_3 UNION ALL SELECT count(*) FROM project_4").fetchall() == [(4,), (1,)]
+    con.close()
+    assert list(api.read_tasks(3, data_dir=data_dir, where="id = 1")) == [TASKS[0]]
+    assert api.version_diff(3, "run-000001", data_dir=data_dir).inserted == [5]
+    assert [r["status"] for r in api.compact(data_dir=data_dir, dry_run=True)] == ["dry-run", "dry-run"]
