@@ -1,0 +1,129 @@
+"""First sync vs the server's own JSON export, and the sync process's peak memory.
+
+Anchor: ``GET /api/projects/{id}/export?exportType=JSON&download_all_tasks=true`` streamed to a
+file (Label Studio's export; note that in 1.23 it lists predictions as bare ids, so it sends less
+than the sync reads). Ours: ``Syncer.run_once`` into an empty store, in a child process so that
+its peak RSS (``ru_maxrss`` from ``wait4``) is its own, not the benchmark's.
+
+Peak RSS is measured at two project sizes, N and N/10 (a second project), plus a child that only
+imports the package (the floor): if the sync holds one page in flight, RSS(N) - floor stays close
+to RSS(N/10) - floor. Target: first sync <= 1.0x the export; RSS(N) <= 1.25x RSS(N/10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import BenchEnv, Row, load_project, log, main_for, profiled, timer
+
+HERE = Path(__file__).resolve()
+
+
+def export_project(env: BenchEnv, project_id: int) -> dict[str, Any]:
+    """Download the project's JSON export (all tasks) to a scratch file; return seconds and bytes."""
+    path = env.work / f"export-{project_id}.json"
+    with env.http(timeout=3600) as http, timer() as t:
+        with http.stream("GET", f"/api/projects/{project_id}/export",
+                         params={"exportType": "JSON", "download_all_tasks": "true"}) as resp:
+            resp.raise_for_status()
+            with open(path, "wb") as f:
+                for chunk in resp.iter_bytes(1 << 20):
+                    f.write(chunk)
+    size = path.stat().st_size
+    path.unlink()
+    return {"seconds": t["s"], "bytes": size}
+
+
+def sync_in_child(env: BenchEnv, project_id: int | None, profile: Path | None = None,
+                  keep_in: Path | None = None) -> dict[str, Any]:
+    """Run a first sync of ``project_id`` in a fresh child process (``None``: only import, the floor).
+
+    The store goes to ``keep_in`` (emptied first, kept after) or to a scratch folder (removed).
+    Returns the child's report plus ``peak_rss_mb`` (its ``ru_maxrss``) and ``wall_seconds``.
+    """
+    data_dir = keep_in or env.work / f"first-sync-{project_id}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    report_file = Path(tempfile.mkstemp(prefix="first-sync-", suffix=".json")[1])
+    cmd = [sys.executable, str(HERE), "--child", "--data-dir", str(data_dir), "--report", str(report_file)]
+    if project_id is not None:
+        cmd += ["--project", str(project_id)]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
+    with timer() as t:
+        proc = subprocess.Popen(cmd, env=env.child_env())
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"first-sync child for project {project_id} exited {proc.returncode}")
+    report = json.loads(report_file.read_text())
+    report_file.unlink()
+    if keep_in is None:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    report.update(peak_rss_mb=usage.ru_maxrss / 1024, wall_seconds=t["s"])
+    return report
+
+
+def child(args: argparse.Namespace) -> None:
+    """The child: one first sync (or nothing), then write its report as JSON."""
+    from ls_space_sync.settings import load_settings
+    from ls_space_sync.sync import Syncer
+
+    settings = load_settings(config_path=os.devnull, env=dict(os.environ),
+                             overrides={"data_dir": str(args.data_dir)})
+    report: dict[str, Any] = {}
+    with Syncer(settings) as syncer:
+        if args.project is not None:
+            with profiled(args.profile), timer() as t:
+                result = syncer.run_once(args.project)
+            report = {"seconds": t["s"], "requests": result.requests, "inserted": result.inserted,
+                      "status": result.status}
+    args.report.write_text(json.dumps(report))
+
+
+def run(env: BenchEnv) -> list[Row]:
+    """Measure export vs first sync at N, peak RSS at N, N/10 and the import-only floor."""
+    small_n = max(env.tasks // 10, 100)
+    small_pid = load_project(env, small_n)
+    floor = sync_in_child(env, None)
+    log(f"import-only child: peak RSS {floor['peak_rss_mb']:.0f} MB")
+    small = sync_in_child(env, small_pid, profile=env.out / "profile-first-sync.txt")
+    log(f"first sync of {small_n:,} tasks: {small['seconds']:.1f} s, peak RSS {small['peak_rss_mb']:.0f} MB")
+    export = export_project(env, env.project_id)
+    log(f"export of {env.tasks:,} tasks: {export['seconds']:.1f} s, {export['bytes'] / 1e6:.1f} MB")
+    big = sync_in_child(env, env.project_id, keep_in=env.sync_dir())  # the poll and incremental start from it
+    log(f"first sync of {env.tasks:,} tasks: {big['seconds']:.1f} s, {big['requests']} requests, "
+        f"peak RSS {big['peak_rss_mb']:.0f} MB")
+    if big["inserted"] != env.tasks:
+        raise RuntimeError(f"first sync inserted {big['inserted']} tasks, expected {env.tasks}")
+    raw = {"export": export, "sync": big, "sync_small": small, "import_floor": floor, "small_tasks": small_n}
+    n = f"{env.tasks:,}"
+    above = lambda r: r["peak_rss_mb"] - floor["peak_rss_mb"]  # noqa: E731
+    return [
+        Row("first_sync", f"first sync of {n} tasks vs JSON export", big["seconds"], export["seconds"], "s", 1.0,
+            raw=raw),
+        Row("first_sync", f"peak RSS of the sync, {n} vs {small_n:,} tasks", big["peak_rss_mb"],
+            small["peak_rss_mb"], "MB", 1.25),
+        Row("first_sync", f"peak RSS above the import floor ({floor['peak_rss_mb']:.0f} MB), {n} vs {small_n:,}",
+            above(big), above(small), "MB", None),
+    ]
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--child", action="store_true")
+        parser.add_argument("--data-dir", type=Path, required=True)
+        parser.add_argument("--project", type=int)
+        parser.add_argument("--profile", type=Path)
+        parser.add_argument("--report", type=Path, required=True)
+        child(parser.parse_args())
+    else:
+        main_for("first_sync", run)
