@@ -373,9 +373,25 @@ class LabelStudioClient:
             LabelStudioError: the server refused the import; the message carries its validation errors.
             ServerUnavailable: no answer; the tasks may or may not have been created.
         """
-        resp = self._once(f"the import of {len(tasks)} tasks into project {project_id}",
-                          self.sdk.projects.import_tasks, id=int(project_id), request=tasks, return_task_ids=True)
-        ids = list(resp.task_ids or [])
+        # The SDK's import_tasks runs its jsonable_encoder over every task (~0.25 ms a task, 5-10%
+        # of the server's own import time); the body is plain JSON already, so it goes encoded.
+        body = json.dumps(tasks, ensure_ascii=False).encode()
+
+        def once() -> Any:
+            resp = self._http.request(f"api/projects/{int(project_id)}/import", method="POST",
+                                      params={"return_task_ids": "true"}, content=body,
+                                      headers={"Content-Type": "application/json"},
+                                      request_options={"max_retries": 0})
+            if resp.status_code >= 400:
+                try:
+                    payload: Any = resp.json()
+                except ValueError:
+                    payload = resp.text
+                raise ApiError(status_code=resp.status_code, body=payload)
+            return resp.json()
+
+        result = self._once(f"the import of {len(tasks)} tasks into project {project_id}", once)
+        ids = list(result.get("task_ids") or [])
         if len(ids) != len(tasks):
             raise LabelStudioError(f"project {project_id}: the import returned {len(ids)} task ids for {len(tasks)} tasks")
         return ids

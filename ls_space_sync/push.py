@@ -35,6 +35,7 @@ from typing import Any, Iterator, Sequence
 
 import click
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import BigInteger, Boolean, Index, Integer, String, UniqueConstraint, delete, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -288,6 +289,38 @@ def result_names(task: dict[str, Any]) -> set[str]:
             for r in item.get("result") or [] if isinstance(r, dict) and r.get("from_name")}
 
 
+def batch_stamps(batch: pa.RecordBatch) -> list[tuple[int, int, int, int, int]]:
+    """:func:`ls_space_sync.changes.stamp_of` of every row of a stored batch, computed in Arrow."""
+    cols = [batch.column(c).cast(pa.int64()) for c in ("created_at", "updated_at")]
+    cols += [pc.fill_null(batch.column(c), 0) for c in STAMP_COLUMNS[3:]]
+    return list(zip(*(c.to_pylist() for c in cols)))
+
+
+def batch_result_names(batch: pa.RecordBatch, rows: Sequence[int]) -> set[str]:
+    """:func:`result_names` of some rows of a stored batch, read from the Arrow columns (no task
+    JSON is built); raises :class:`PushError` as :func:`require_results` does."""
+    names: set[str] = set()
+    take = pa.array(rows, pa.int64())
+    for key in ("annotations", "predictions"):
+        items = batch.column(key).take(take)
+        flat = items.flatten()
+        if len(flat) == 0:
+            continue
+        results = flat.field("result").to_pylist()
+        if key == "annotations" and None in results:
+            extras = flat.field("extra").to_pylist()
+            parents = pc.list_parent_indices(items).to_pylist()
+            for pos, (result, extra) in enumerate(zip(results, extras)):
+                if result is None and extra and "result" in json.loads(extra).get("__absent__", []):
+                    task_id = batch.column("id")[rows[parents[pos]]].as_py()
+                    require_results({"id": task_id, "annotations": [{}]})
+        for text in {r for r in results if r}:
+            regions = json.loads(text)
+            if isinstance(regions, list):
+                names |= {r["from_name"] for r in regions if isinstance(r, dict) and r.get("from_name")}
+    return names
+
+
 def require_results(task: dict[str, Any]) -> None:
     """Raise :class:`PushError` if a stored task's annotations lack their ``result`` key.
 
@@ -402,7 +435,8 @@ def push(
             time); default latest.
         ids: only these source task ids. where: a Lance SQL predicate on the columns
             (``is_labeled = true``, ``data.text LIKE '%x%'``).
-        delete: delete target tasks whose linked source rows are not in the selection.
+        delete: delete target tasks whose source rows were deleted (are not in the version at all;
+            rows outside ``ids``/``where`` are not deletes).
         full: compare every linked row with its target task on the server, not only rows whose
             stamp moved since the last push (repairs hand edits in the target).
         title: title of a created project.
@@ -449,6 +483,9 @@ def push(
                 # and on --full (a repair), unless the target is new.
                 job.run(run.run_id, scan=not new_project and (scan or full))
         except BaseException as exc:
+            if new_project:
+                log.error("the push into the new project %s stopped; push again with --to-project %s to finish it",
+                          job.target, job.target)
             syncer.state.finish_run(run.run_id, FAILED, error=f"{type(exc).__name__}: {exc}"[:2000],
                                     requests=syncer.client.requests - before, version=ds.version, tag=tag,
                                     inserted=job.result.created, updated=job.result.updated, deleted=job.result.deleted)
@@ -585,27 +622,28 @@ class _Push:
         changed: set[int] = set()
         names: set[str] = set()
         for batch in self.batches():
-            full_rows = None
-            for i, srow in enumerate(batch.select(STAMP_COLUMNS).to_pylist()):
-                stamp = stamp_of(srow)
+            full_rows = metas = None
+            fresh: list[int] = []  # positions of new rows in the batch
+            ids = batch.column("id").to_pylist()
+            for i, (task_id, stamp) in enumerate(zip(ids, batch_stamps(batch))):
                 stamp_json = json.dumps(list(stamp))
-                link = self.link_of(srow["id"], stamp[0])
+                link = self.link_of(task_id, stamp[0])
                 if link is not None and not self.full and link.here_stamp == stamp_json:
                     self.result.unchanged += 1
                     continue
-                full_rows = full_rows or batch.to_pylist()
-                task = row_to_task(full_rows[i])
                 if link is None:
-                    origin = (task.get("meta") or {}).get(ORIGIN_KEY) or {}
+                    metas = metas or batch.column("meta").to_pylist()
+                    origin = (json.loads(metas[i]) if metas[i] else {}).get(ORIGIN_KEY) or {}
                     if origin.get("source_project") != self.target or not isinstance(origin.get("source_id"), int):
-                        require_results(task)
-                        new.add(task["id"])
-                        names |= result_names(task)
+                        new.add(task_id)
+                        fresh.append(i)
                         continue
                     # It came from the target (a mirror's other direction): link it back, never re-import.
-                    link = _Link(None, False, task["id"], stamp[0], None, origin["source_id"],
+                    link = _Link(None, False, task_id, stamp[0], None, origin["source_id"],
                                  _micros(origin.get("source_created_at")), None, None, dirty=True)
-                    self.links.setdefault(task["id"], []).append(link)
+                    self.links.setdefault(task_id, []).append(link)
+                full_rows = full_rows or batch.to_pylist()
+                task = row_to_task(full_rows[i])
                 if not self.full and link.content_hash == content_hash(task):
                     link.here_stamp, link.dirty = stamp_json, True  # an echo of the last push, or a no-op edit
                     self.result.echoes += 1
@@ -613,6 +651,8 @@ class _Push:
                 require_results(task)
                 changed.add(task["id"])
                 names |= result_names(task)
+            if fresh:
+                names |= batch_result_names(batch, fresh)
         return new, changed, names
 
     def check_config(self, names: set[str]) -> None:
