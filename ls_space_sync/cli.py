@@ -235,7 +235,7 @@ def read(ctx: Context, project: int, tag: str | None, version: int | None, as_of
 
 
 # Commands owned by other modules are registered below, one block per module.
-from .daemon import run_command  # noqa: E402
+from .server import run_command  # noqa: E402
 from .webhooks import webhooks_command  # noqa: E402
 
 main.add_command(run_command)

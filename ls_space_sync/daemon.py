@@ -19,23 +19,21 @@ its schedule). A run refused because another sync of the project holds the lock
 (``ProjectLocked``) is not a failure. Nothing a project does stops the daemon or the others.
 
 Jobs reach the daemon through module-level functions (``ls_space_sync.daemon:_sync``), so that
-a persistent job store (``scheduler.job_store: sql`` or ``redis://...``) can pickle them.
+a persistent job store (``scheduler.job_store: sql`` or ``redis://...``) can pickle them; hence
+one started daemon per process. ``server.serve`` runs it together with the HTTP endpoints.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
-import click
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -45,7 +43,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .labelstudio import LabelStudioError
-from .logs import register_secret, setup_logging
+from .logs import register_secret
 from .metrics import Metrics
 from .settings import ConfigError, Settings
 from .state import FAILED, StateDB, utcnow
@@ -436,100 +434,3 @@ class Daemon:
             "projects": projects,
         }
 
-
-def serve(settings: Settings, *, stop_event: threading.Event | None = None,
-          on_ready: Callable[[str], None] | None = None) -> bool:
-    """Run the daemon and its HTTP server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
-
-    Signal handlers are installed only when called from the main thread.
-
-    Args:
-        settings: the loaded settings.
-        stop_event: set it to stop (tests); created if ``None``.
-        on_ready: called with the server's base URL once it listens.
-
-    Returns:
-        ``True`` if every run finished within ``scheduler.shutdown_timeout_seconds``.
-
-    Raises:
-        ConfigError: bad settings (job store, cron, Label Studio URL or key).
-        ServiceError: the HTTP server could not listen.
-    """
-    from .server import HTTPServer
-
-    stop = stop_event or threading.Event()
-    daemon = Daemon(settings)
-    http = HTTPServer(daemon, settings.server.host, settings.server.port)
-    http.start()
-    try:
-        daemon.start()
-    except BaseException:
-        http.stop()
-        raise
-    if settings.server.webhook_secret is None:
-        log.warning("server.webhook_secret is not set: POST /webhook and the ML-backend webhook are off "
-                    "(polls still run); set LS_SPACE_SYNC__SERVER__WEBHOOK_SECRET to turn them on")
-    log.info("listening on %s", http.url)
-    if on_ready:
-        on_ready(http.url)
-
-    def handle(signum: int, frame: Any) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while not stop.wait(1.0):
-            if not http.is_alive():
-                log.error("the HTTP server stopped unexpectedly; stopping the daemon")
-                break
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        drained = daemon.stop()
-        http.stop()
-    log.info("stopped")
-    return drained
-
-
-@click.command("run")
-@click.option("--host", help="Bind address (default: server.host, 127.0.0.1).")
-@click.option("--port", type=int, help="TCP port (default: server.port, 9090).")
-@click.option("--install-webhooks", is_flag=True,
-              help="First register the webhook on each project, as `webhooks install` does (best effort).")
-@click.pass_obj
-def run_command(obj: Any, host: str | None, port: int | None, install_webhooks: bool) -> None:
-    """Run as a service: scheduled syncs of every project, plus /health, /metrics and /webhook.
-
-    Stops on SIGTERM or SIGINT: no new runs, running ones finish (up to
-    scheduler.shutdown_timeout_seconds), exit 0.
-    """
-    from .server import ServiceError
-
-    server = obj.overrides.setdefault("server", {})
-    if host is not None:
-        server["host"] = host
-    if port is not None:
-        server["port"] = port
-    settings = obj.settings
-    setup_logging(settings.log_format, obj.verbose)
-    settings.require_label_studio()
-    if install_webhooks:
-        from .webhooks import apply
-
-        try:
-            for change in apply(settings, "install"):
-                log.info("%s", change.summary())
-        except LabelStudioError as exc:  # polls still run; the next start tries again
-            log.warning("could not install the webhooks: %s", exc)
-    try:
-        drained = serve(settings)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not drained:
-        # Runs still going hold non-daemon threads that would keep the process alive; their
-        # runs stay recorded as running and the next sync of each project settles them.
-        logging.shutdown()
-        os._exit(0)

@@ -1,4 +1,5 @@
-"""The daemon's HTTP endpoints (FastAPI, served by uvicorn in a thread of the daemon's process).
+"""The daemon's HTTP endpoints (FastAPI, served by uvicorn in a thread of the daemon's process),
+and ``ls-space-sync run``, which serves them together with the daemon (:func:`serve`).
 
 | endpoint | what |
 |---|---|
@@ -28,14 +29,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
+import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+
+from .labelstudio import LabelStudioError
+from .logs import setup_logging
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -236,3 +245,101 @@ class HTTPServer:
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+def serve(settings: Settings, *, stop_event: threading.Event | None = None,
+          on_ready: Callable[[str], None] | None = None) -> bool:
+    """Run the daemon and its HTTP server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
+
+    Signal handlers are installed only when called from the main thread.
+
+    Args:
+        settings: the loaded settings.
+        stop_event: set it to stop (tests); created if ``None``.
+        on_ready: called with the server's base URL once it listens.
+
+    Returns:
+        ``True`` if every run finished within ``scheduler.shutdown_timeout_seconds``.
+
+    Raises:
+        ConfigError: bad settings (job store, cron, Label Studio URL or key).
+        ServiceError: the HTTP server could not listen.
+    """
+    from .daemon import Daemon
+
+    stop = stop_event or threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon = Daemon(settings)
+        http = HTTPServer(daemon, settings.server.host, settings.server.port)
+        http.start()
+        try:
+            daemon.start()
+        except BaseException:
+            http.stop()
+            raise
+        if settings.server.webhook_secret is None:
+            log.warning("server.webhook_secret is not set: POST /webhook and the ML-backend webhook are off "
+                        "(polls still run); set LS_SPACE_SYNC__SERVER__WEBHOOK_SECRET to turn them on")
+        log.info("listening on %s", http.url)
+        if on_ready:
+            on_ready(http.url)
+        try:
+            while not stop.wait(1.0):
+                if not http.is_alive():
+                    log.error("the HTTP server stopped unexpectedly; stopping the daemon")
+                    break
+        finally:
+            drained = daemon.stop()
+            http.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped")
+    return drained
+
+
+@click.command("run")
+@click.option("--host", help="Bind address (default: server.host, 127.0.0.1).")
+@click.option("--port", type=int, help="TCP port (default: server.port, 9090).")
+@click.option("--install-webhooks", is_flag=True,
+              help="First register the webhook on each project, as `webhooks install` does (best effort).")
+@click.pass_obj
+def run_command(obj: Any, host: str | None, port: int | None, install_webhooks: bool) -> None:
+    """Run as a service: scheduled syncs of every project, plus /health, /metrics and /webhook.
+
+    Stops on SIGTERM or SIGINT: no new runs, running ones finish (up to
+    scheduler.shutdown_timeout_seconds), exit 0.
+    """
+    server = obj.overrides.setdefault("server", {})
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    settings = obj.settings
+    setup_logging(settings.log_format, obj.verbose)
+    settings.require_label_studio()
+    if install_webhooks:
+        from .webhooks import apply
+
+        try:
+            for change in apply(settings, "install"):
+                log.info("%s", change.summary())
+        except LabelStudioError as exc:  # polls still run; the next start tries again
+            log.warning("could not install the webhooks: %s", exc)
+    try:
+        drained = serve(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not drained:
+        # Runs still going hold non-daemon threads that would keep the process alive; their
+        # runs stay recorded as running and the next sync of each project settles them.
+        logging.shutdown()
+        os._exit(0)

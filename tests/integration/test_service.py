@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from ls_space_sync.cli import main
-from ls_space_sync.daemon import serve
+from ls_space_sync.server import serve
 from ls_space_sync.localserver import free_port
 from ls_space_sync.settings import load_settings
 from ls_space_sync.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, StateDB
