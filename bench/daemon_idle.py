@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,6 +121,8 @@ def main() -> int:
             "rss_mb": {"start": round(rss[0], 1), "end": round(rss[-1], 1), "max": round(max(rss), 1)},
             "runs_in_window": runs, "exit_code_on_sigterm": code,
         }))
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)  # kept when something failed, for its daemon.log
         return 0
     finally:
         if daemon is not None and daemon.poll() is None:
