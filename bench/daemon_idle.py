@@ -85,6 +85,7 @@ def main() -> int:
         server = LocalLabelStudio(work / "label-studio", venv=venv).start()
         url, key = server.url, server.api_key
     daemon = None
+    ok = False
     try:
         projects = make_projects(url, key, args.projects, args.tasks)
         port = free_port()
@@ -122,13 +123,15 @@ def main() -> int:
             "runs_in_window": runs, "exit_code_on_sigterm": code,
         }))
         log.close()
-        shutil.rmtree(work, ignore_errors=True)  # kept when something failed, for its daemon.log
+        ok = True
         return 0
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.kill()
         if server is not None:
             server.stop()
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)  # kept when something failed, for its daemon.log
 
 
 if __name__ == "__main__":
