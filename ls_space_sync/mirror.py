@@ -75,7 +75,8 @@ def mirror_once(syncer: Any, pair: MirrorSettings) -> dict[str, Any]:
     def pull(project_id: int) -> None:
         result = syncer.run_once(project_id, trigger="mirror")
         out["pulls"].append(result.summary())
-        out["versions"] += result.version is not None and result.status == "succeeded"
+        if result.status == "succeeded":  # skipped: nothing changed, no version
+            out["versions"] += 1
 
     def push_to(source: int, target: int | None, **kwargs: Any) -> int:
         if not syncer.store(source).exists():

@@ -450,3 +450,32 @@ def test_restore_recreates_updates_and_deletes_to_match_a_tag(tmp_path, fake):
     assert contents(fake, pid) == want
     assert fake.tasks[ids[0]]["annotations"][0]["completed_by"] == 2  # authorship restored
     assert not plan_restore(syncer, pid, "run-000001")
+
+
+# --- command line --------------------------------------------------------------------------
+
+def test_cli_push_and_restore(tmp_path, fake, monkeypatch):
+    from click.testing import CliRunner
+
+    from ls_space_sync.cli import main
+
+    src = seed(fake, 3)
+    monkeypatch.setenv("LABEL_STUDIO_URL", URL)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    args = ["--data-dir", str(tmp_path / "data")]
+    assert runner.invoke(main, [*args, "sync", "-p", str(src)]).exit_code == 0
+    usage = runner.invoke(main, [*args, "push", "-p", str(src)])
+    assert usage.exit_code == 2 and "exactly one of --to-project ID and --new-project" in usage.output
+    pushed = runner.invoke(main, [*args, "push", "-p", str(src), "--tag", "run-000001", "--new-project"])
+    assert pushed.exit_code == 0, pushed.output
+    assert f"push project {src} v1 -> project" in pushed.output and "+3 ~0 -0" in pushed.output
+    fake.tasks[fake.of(src)[0]["id"]]["annotations"].clear()
+    fake.touch(fake.of(src)[0]["id"])
+    declined = runner.invoke(main, [*args, "restore", "-p", str(src), "--tag", "run-000001"], input="n\n")
+    assert "update 1 tasks in place" in declined.output and declined.exit_code == 1
+    assert fake.of(src)[0]["annotations"] == []
+    done = runner.invoke(main, [*args, "restore", "-p", str(src), "--tag", "run-000001", "--yes"])
+    assert done.exit_code == 0 and "+0 ~1 -0" in done.output
+    assert len(fake.of(src)[0]["annotations"]) == 1
