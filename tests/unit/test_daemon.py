@@ -275,3 +275,31 @@ def test_skipped_runs_count_as_success(tmp_path, fake, daemons):
     fake.tick(60)
     assert d.sync_job(1, "schedule").status == SKIPPED
     assert d.health()["projects"]["1"]["last_run"]["status"] == SKIPPED
+
+
+def test_compaction_job_compacts_and_never_raises(tmp_path, fake, daemons, caplog, monkeypatch):
+    import ls_space_sync.maintenance as maintenance
+
+    for i in range(3):
+        fake.add(f"t{i}")
+    d = daemons(make_settings(tmp_path, compaction={"interval_seconds": 3600, "retention_seconds": 0}))
+    d.sync_job(1, "schedule")
+    fake.touch(1, text="edit")
+    fake.tick(60)
+    d.sync_job(1, "schedule")
+    calls = []
+    real = maintenance.compact_project
+    monkeypatch.setattr(maintenance, "compact_project", lambda s, p: calls.append(p) or real(s, p))
+    with caplog.at_level("ERROR", logger="ls_space_sync.daemon"):
+        d.compact_job(1)
+    assert calls == [1] and caplog.records == []
+    assert d.syncer.store(1).count() == 3
+    assert d.syncer.store(1).tags().keys() >= {"run-000001", "run-000002"}
+
+    def broken(settings, project_id):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(maintenance, "compact_project", broken)
+    with caplog.at_level("ERROR", logger="ls_space_sync.daemon"):
+        d.compact_job(1)  # logged, not raised
+    assert any("compaction failed: RuntimeError: disk full" in r.getMessage() for r in caplog.records)
