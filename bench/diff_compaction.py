@@ -8,8 +8,8 @@ annotation added or edited), inserts ``--inserts`` and hard-deletes ``--deletes`
     .venv/bin/python bench/diff_compaction.py [--tasks 100000] [--runs 50] [--dir /tmp/lsss-bench]
 
 Prints the diff times (task ids only, and with annotation details), two example queries' times,
-and bytes/files/fragments before and after compaction, first keeping every tag, then pruning to
-the newest 10 run tags.
+and bytes/files/fragments before and after compaction: keeping every tag, then pruning to the
+newest 10 run tags, then 10 runs later as the daemon would run it (keeping the newest 10).
 """
 
 from __future__ import annotations
@@ -178,6 +178,19 @@ def main() -> None:
               f"{report['versions_removed']} versions removed, {report['seconds']:.1f} s")
     secs, _ = timed(diff_versions, store, f"run-{args.runs - 1:06d}", last)
     print(f"diff {mid} -> {last} after compaction: {secs:.2f} s")
+
+    # Steady state, as the daemon runs it: 10 more runs, then compaction keeping the newest 10 run
+    # tags, which are now all younger than the last compaction, so the files only older tags read go.
+    for run in range(args.runs + 1, args.runs + 11):
+        table, gone = project.change(run, args.updates, args.inserts, args.deletes)
+        version, _ = store.commit(pa.RecordBatchReader.from_batches(SCHEMA, table.to_batches()), gone,
+                                  {"run_id": f"run-{run}"})
+        store.tag(f"run-{run:06d}", version)
+    report = compact_project(settings, 1, retention_seconds=0, keep_tags_count=10)
+    print(f"10 runs later, compaction keeping the newest 10 run tags: {mb(report['bytes_before'])} "
+          f"({report['files_before']} files) -> {mb(report['bytes_after'])} ({report['files_after']} files); "
+          f"fragments {report['fragments_before']} -> {report['fragments_after']}; "
+          f"{len(report['tags_pruned'])} tags pruned, {report['versions_removed']} versions removed")
     if args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,8 +9,8 @@ write lock:
    *or* younger than ``keep_tags_days`` (each keep rule that is set can save a tag, as in restic's
    ``--keep-last``/``--keep-within``); with neither set no tag is pruned;
 2. merges the latest version's small fragments (fewer than :data:`TARGET_ROWS_PER_FRAGMENT` rows,
-   e.g. one per sync run) into few larger files (``optimize.compact_files``, which commits one new
-   version with the same rows);
+   e.g. one per sync run) into few larger files, and rewrites a large fragment once half its rows
+   are deleted (``optimize.compact_files``, which commits one new version with the same rows);
 3. removes untagged versions older than ``retention_seconds`` (``cleanup_old_versions``). Lance
    keeps every tagged version and the files it reads; before removing anything the files that
    cleanup would delete are checked against the files of every tagged version, and the run is
@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 
 RUN_TAG = re.compile(r"^run-\d{6}$")
 # A fragment with fewer rows is "small" and merged with its small neighbours into fragments of up to
-# this many rows; larger ones are rewritten only when more than 10% of their rows are deleted.
-# (Lance's default, 1M, would rewrite a project's whole first load on every compaction, and tags
-# keep the old copy: double the disk until those tags are pruned.)
+# this many rows. Lance's default (1M rows) would rewrite a project's whole first load at every
+# compaction, and tagged versions keep the old copy: double the disk until those tags are pruned.
 TARGET_ROWS_PER_FRAGMENT = 20_000
+# A larger fragment is rewritten only when this share of its rows is deleted (each task update
+# deletes the old row). Lance's default, 10%, would rewrite a first load after a few busy days,
+# for the same reason at the same cost.
+MATERIALIZE_DELETIONS_THRESHOLD = 0.5
 
 
 def disk_usage(path: str | Path) -> tuple[int, int]:
@@ -192,7 +195,8 @@ def compact_project(
         for name in prune:
             ds.tags.delete(name)
             fingerprints.pop(name)
-        metrics = ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT)
+        metrics = ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT,
+                                            materialize_deletions_threshold=MATERIALIZE_DELETIONS_THRESHOLD)
         log.info("project %s: compaction removed %s fragments, added %s", project_id,
                  metrics.fragments_removed, metrics.fragments_added)
         _check_cleanup_keeps_tags(store, older_than)
