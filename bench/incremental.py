@@ -4,8 +4,10 @@ Each round: wait out the sync's lag and catch up (untimed), so the cursor passes
 change; change k tasks through the API (see :func:`change_tasks`); then time
 
 * the anchor: raw httpx ``GET /api/tasks?fields=all`` with the same filter the sync sends
-  (``filter:tasks:updated_at`` > the stored cursor), paged by page number at the sync's page size,
-  run once before and once after the sync (their mean, so neither side gets the warmer cache);
+  (``filter:tasks:updated_at`` > the stored cursor) and the same ``include=`` keys
+  (``sync.task_fields``), paged by page number at the sync's page size, run once before and once
+  after the sync (their mean, so neither side gets the warmer cache); also shown, once per
+  round, the same fetch of every key (``fields=all`` without ``include``);
 * ours: ``Syncer.run_once`` (project read, filtered fetch, classify, commit one version, tag,
   checkpoint).
 
@@ -48,12 +50,21 @@ def change_tasks(env: BenchEnv, ids: list[int], round_no: int) -> float:
     return t["s"]
 
 
-def raw_fetch(env: BenchEnv, cursor: Any, page_size: int) -> dict[str, Any]:
-    """The anchor: the changed tasks, full objects, with the sync's filter and page size."""
+def raw_fetch(env: BenchEnv, cursor: Any, page_size: int, include: str | None) -> dict[str, Any]:
+    """The anchor: the changed tasks (``fields=all``, ``include`` keys if given), the sync's filter and page size."""
+    params = {"project": env.project_id, "fields": "all", "query": updated_after_query(cursor)}
+    if include:
+        params["include"] = include
     with env.http() as http, timer() as t:
-        tasks, requests = page_through(http, {"project": env.project_id, "fields": "all",
-                                              "query": updated_after_query(cursor)}, page_size)
+        tasks, requests = page_through(http, params, page_size)
     return {"seconds": t["s"], "tasks": tasks, "requests": requests}
+
+
+def sync_include(syncer: Any) -> str | None:
+    """The ``include=`` keys the sync asks for (``sync.task_fields``: core keys, or all)."""
+    from ls_space_sync.labelstudio import CORE_TASK_FIELDS
+
+    return None if getattr(syncer.settings.sync, "task_fields", "all") == "all" else CORE_TASK_FIELDS
 
 
 def pick_unused(env: BenchEnv, syncer: Any, k: int, rng: random.Random) -> list[int]:
@@ -83,22 +94,23 @@ def one_round(env: BenchEnv, syncer: Any, k: int, rng: random.Random, round_no: 
     cursor = syncer.state.cursor(pid).cursor
     ids = pick_unused(env, syncer, k, rng)
     change_seconds = change_tasks(env, ids, round_no)
-    page_size = syncer.settings.sync.page_size
-    before = raw_fetch(env, cursor, page_size)
+    page_size, include = syncer.settings.sync.page_size, sync_include(syncer)
+    before = raw_fetch(env, cursor, page_size, include)
     requests = syncer.client.requests
     with profiled(env.out / "profile-incremental.txt" if profile else None), timer() as t:
         result = syncer.run_once(pid)
     ours = {"seconds": t["s"], "requests": syncer.client.requests - requests, "updated": result.updated,
             "inserted": result.inserted, "status": result.status, "full_scan": result.full_scan}
-    after = raw_fetch(env, cursor, page_size)
-    if not (before["tasks"] == after["tasks"] == k == result.updated):
-        raise RuntimeError(f"k={k}: raw fetch saw {before['tasks']}/{after['tasks']} tasks, the sync updated "
-                           f"{result.updated}; something else changed tasks during the round")
+    after = raw_fetch(env, cursor, page_size, include)
+    every_key = raw_fetch(env, cursor, page_size, None) if include else after
+    if not (before["tasks"] == after["tasks"] == every_key["tasks"] == k == result.updated):
+        raise RuntimeError(f"k={k}: raw fetch saw {before['tasks']}/{after['tasks']}/{every_key['tasks']} tasks, "
+                           f"the sync updated {result.updated}; something else changed tasks during the round")
     anchor = (before["seconds"] + after["seconds"]) / 2
     log(f"k={k}: changes {change_seconds:.1f} s; raw fetch {before['seconds']:.2f}/{after['seconds']:.2f} s "
-        f"({before['requests']} req); sync {t['s']:.2f} s ({ours['requests']} req{', full scan' if result.full_scan else ''})")
+        f"({before['requests']} req), every key {every_key['seconds']:.2f} s; sync {t['s']:.2f} s ({ours['requests']} req{', full scan' if result.full_scan else ''})")
     return {"k": k, "change_seconds": change_seconds, "raw_before": before, "raw_after": after,
-            "anchor_seconds": anchor, "sync": ours}
+            "anchor_seconds": anchor, "raw_every_key": every_key, "sync": ours}
 
 
 def run(env: BenchEnv) -> list[Row]:
@@ -129,6 +141,10 @@ def run(env: BenchEnv) -> list[Row]:
         reps = f", median of {len(rs)}" if len(rs) > 1 else ""
         rows.append(Row("incremental", f"sync of k={k:,} changed tasks vs raw filtered fetch{reps}", ours, anchor,
                         "s", 1.25, raw={"rounds": rs}))
+        if rs[0]["raw_every_key"] is not rs[0]["raw_after"]:
+            every = median([r["raw_every_key"]["seconds"] for r in rs])
+            rows.append(Row("incremental", "  same, vs raw fetch of every key (fields=all, no include)", ours, every,
+                            "s", None))
     rows.append(Row("incremental", f"(profiled repeat of k={worst:,}, profiler on)", profile_round["sync"]["seconds"],
                     profile_round["anchor_seconds"], "s", None, raw=profile_round))
     return rows
