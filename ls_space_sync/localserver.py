@@ -234,6 +234,7 @@ class LocalLabelStudio:
                 "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
                 "LATEST_VERSION_CHECK": "false",
                 "SSRF_PROTECTION_ENABLED": "false",
+                "ML_BLOCK_LOCAL_IP": "false",  # let a model (ML backend) on 127.0.0.1 connect
                 "VIRTUAL_ENV": str(self.venv),
                 "PATH": f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
                 "PYTHONUNBUFFERED": "1",

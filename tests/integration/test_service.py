@@ -222,3 +222,37 @@ def test_daemon_keeps_running_through_a_label_studio_outage(tmp_path, label_stud
         if not label_studio.is_running():
             label_studio.start()
         state.dispose()
+
+
+def test_connected_as_a_model_annotations_sync_without_a_webhook_set_up(tmp_path, label_studio, ls_client, project):
+    """Label Studio's Model settings: add the service's ML-backend URL; the server then creates
+    the webhook itself and annotation events reach the store (ML_BLOCK_LOCAL_IP=false on the test
+    server lets it call 127.0.0.1)."""
+    port = free_port()
+    cfg = config_file(tmp_path, label_studio, project, port)
+    settings = load_settings(cfg, env={})
+    store = ProjectStore(settings.resolved_store_root, project)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(settings,), kwargs={"stop_event": stop}, name="service")
+    thread.start()
+    try:
+        wait_for(lambda: "run-000001" in store.tags(), 60, "the sync at start")
+        backend = ls_client.ml.create(project=project, url=f"http://127.0.0.1:{port}/ml/{SECRET}",
+                                      title="ls-space-sync", is_interactive=False)
+        hooks = [h.url for h in ls_client.webhooks.list(project=str(project))]
+        assert any(url.startswith(f"http://127.0.0.1:{port}/ml/") for url in hooks), hooks
+        task_id = min(t.id for t in ls_client.tasks.list(project=project))
+        before = len(store.tags())
+        ls_client.annotations.create(id=task_id, result=RESULT)
+        wait_for(lambda: len(store.tags()) > before, 20, "a new tagged version through the ML-backend webhook")
+        state = StateDB(settings.resolved_state_url)
+        assert state.runs(project, limit=1)[0].trigger == "webhook"
+        state.dispose()
+        bad = httpx.post(f"http://127.0.0.1:{port}/ml/wrong-secret/webhook", json={"action": "ANNOTATION_CREATED"},
+                         timeout=10, trust_env=False)
+        assert bad.status_code in (401, 404)
+        ls_client.ml.delete(id=backend.id)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
