@@ -451,6 +451,9 @@ def push(
         LabelConfigMismatch: the target's label config lacks controls the rows use.
         LabelStudioError: the server refused a request (its message is passed on).
     """
+    if target_project == source_project:
+        raise PushError(f"a push into its own project {source_project} would add every task again; "
+                        f"use `ls-space-sync restore -p {source_project}` to bring it back to a version")
     store = syncer.store(source_project)
     ds = store.dataset(version, as_of=as_of)
     filters = [f"({where})"] if where else []

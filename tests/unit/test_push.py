@@ -314,6 +314,8 @@ def test_where_and_ids_select_rows_and_a_bad_filter_says_which_columns_exist(tmp
     assert push(syncer, src, target_project=dst, ids=[first]).created == 1
     with pytest.raises(PushError, match="SQL predicate over the columns id, project"):
         push(syncer, src, target_project=dst, where="no_such_column = 1")
+    with pytest.raises(PushError, match="use `ls-space-sync restore"):
+        push(syncer, src, target_project=src)
 
 
 def test_label_config_mismatch_stops_before_any_write(tmp_path, fake):
