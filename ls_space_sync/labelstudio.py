@@ -36,7 +36,11 @@ T = TypeVar("T")
 # stored annotations. ``sync.task_fields: all`` asks for everything.
 CORE_TASK_FIELDS = (
     "id,project,inner_id,data,meta,created_at,updated_at,updated_by,is_labeled,overlap,total_annotations,"
-    "cancelled_annotations,total_predictions,comment_count,unresolved_comment_count,annotations,predictions"
+    "cancelled_annotations,total_predictions,comment_count,unresolved_comment_count,annotations,predictions,"
+    # ``include`` also trims the objects inside ``annotations`` (1.23.2 keeps only id, created_at,
+    # updated_at, project, updated_by of them): name their keys too, so they come back whole.
+    "result,completed_by,was_cancelled,ground_truth,lead_time,draft_created_at,import_id,last_action,"
+    "bulk_created,parent_prediction,parent_annotation,last_created_by,task,model_version,score"
 )
 
 # Keys a full scan asks for: enough for a stamp (see changes.py), nothing more.

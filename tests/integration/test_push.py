@@ -20,9 +20,8 @@ from ls_space_sync.sync import Syncer
 
 pytestmark = pytest.mark.integration
 
-# "core" lists tasks with include=, which on Label Studio 1.23.2 also trims the nested annotation
-# objects (no result, completed_by, flags): such a version cannot be pushed (push.require_results).
-TASK_FIELDS = "all"
+# The default task keys (labelstudio.CORE_TASK_FIELDS names the nested annotation keys too).
+TASK_FIELDS = "core"
 
 # Choices and NER spans on a text, rectangle boxes on an image (URLs are never downloaded).
 CONFIG = """<View>
