@@ -256,17 +256,25 @@ def item_changes(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | N
     return out
 
 
+def _changed_keys(old: str | None, new: str | None) -> list[str]:
+    a, b = json.loads(old or "{}"), json.loads(new or "{}")
+    return sorted(k for k in set(a) | set(b) if k != "__absent__" and a.get(k) != b.get(k))
+
+
 def task_updates(old: lance.LanceDataset, new: lance.LanceDataset, ids: Sequence[int]) -> list[TaskUpdate]:
     """Load the rows of ``ids`` from both versions and describe what changed in each task."""
     before, after = _rows_by_id(old, ids), _rows_by_id(new, ids)
     out = []
     for task_id in ids:
         a, b = before[task_id], after[task_id]
-        fields = [
-            "data" if c == "data_json" else c
-            for c in b
-            if c not in _SKIP_FIELDS and c in a and a[c] != b[c]
-        ]
+        fields = []
+        for c in b:
+            if c in _SKIP_FIELDS or c not in a or a[c] == b[c]:
+                continue
+            if c == "extra":  # name the task keys that differ, not the JSON column that holds them
+                fields += _changed_keys(a[c], b[c])
+            else:
+                fields.append("data" if c == "data_json" else c)
         out.append(
             TaskUpdate(
                 id=task_id,

@@ -238,7 +238,11 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    """A byte count for people: ``812 KB``, ``19.9 MB``, ``1.2 GB``."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1e3:.0f} KB"
 
 
 @click.command("compact")

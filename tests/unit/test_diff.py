@@ -65,8 +65,8 @@ V2 = [
     task(3, updated=T1, text="edited"),
     # id 5 reused by a new task (SQLite Label Studio): same id, other created_at
     task(5, created=T1, updated=T1),
-    # rewritten with the same stamp by a later run: only comment_count differs
-    {**task(6), "comment_count": 2},
+    # rewritten with the same stamp by a later run: comment_count and an untyped key (kept in extra) differ
+    {**task(6), "comment_count": 2, "file_upload": "reviews.csv"},
     task(7, updated=T1),
 ]
 
@@ -107,7 +107,7 @@ def test_diff_between_tags(store):
     assert two.predictions.added == [{"id": 201, "updated_at": T0}] and not two.annotations
     assert two.fields == ["total_predictions"]
     assert by_id[3].fields == ["updated_at", "data"]
-    assert by_id[6].fields == ["comment_count"]
+    assert by_id[6].fields == ["comment_count", "file_upload"]  # extra's keys, by name
     assert d.counts == {"inserted": 2, "updated": 4, "deleted": 2}
 
 
