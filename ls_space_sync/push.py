@@ -21,43 +21,37 @@ task carries its origin in ``meta["ls_space_sync"]`` (dataset, version, source p
 ``created_at``). A push that finds the previous push to the same target unfinished scans the
 target's task meta and links what an interrupted import created, so nothing is imported twice.
 Imports are never retried after the request was sent (:meth:`LabelStudioClient._once`).
+
+What a task's content is, its import JSON, the in-place ops and the checks before a write are
+pure functions in :mod:`ls_space_sync.taskdiff`; this module is the engine around them: Lance
+reads, requests to Label Studio, and the id map in the state database.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import click
 import pyarrow as pa
-import pyarrow.compute as pc
 from sqlalchemy import BigInteger, Boolean, Index, Integer, String, UniqueConstraint, delete, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .changes import stamp_of
 from .labelstudio import LabelStudioClient, LabelStudioError, ServerUnavailable
 from .logs import run_context
-from .records import STAMP_COLUMNS, row_to_task
+from .records import row_to_task
 from .state import FAILED, RUNNING, SKIPPED, SUCCEEDED, Base, StateDB, SyncRun, UTCDateTime, utcnow
 from .store import ProjectStore, project_lock
+from .taskdiff import (  # noqa: F401 - re-exported: the push's errors and origin key are part of its API
+    ORIGIN_KEY, LabelConfigMismatch, Op, PushError, annotation_author, batch_result_names, batch_stamps,
+    check_label_config, content_hash, import_payload, require_results, result_names, task_ops,
+)
 
 log = logging.getLogger(__name__)
-
-ORIGIN_KEY = "ls_space_sync"
-
-
-class PushError(Exception):
-    """A push that cannot proceed; the message names the fix."""
-
-
-class LabelConfigMismatch(PushError):
-    """The target project's label config lacks control tags that the rows' results use."""
-
 
 # --- the id map ------------------------------------------------------------------------------
 
@@ -132,219 +126,24 @@ class _Link:
         return out
 
 
-# --- content: pure -------------------------------------------------------------------------
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def _author(annotation: dict[str, Any]) -> int | None:
-    who = annotation.get("completed_by")
-    if isinstance(who, dict):  # GET /api/tasks/{id} nests the user
-        who = who.get("id")
-    return who if isinstance(who, int) else None
-
-
-def annotation_key(a: dict[str, Any]) -> dict[str, Any]:
-    """What an annotation's content is, for comparisons: result and flags (not author or times)."""
-    return {"result": a.get("result") or [], "was_cancelled": bool(a.get("was_cancelled")),
-            "ground_truth": bool(a.get("ground_truth"))}
-
-
-def prediction_key(p: dict[str, Any]) -> dict[str, Any]:
-    """What a prediction's content is: result, score and model_version (``""`` = none)."""
-    return {"result": p.get("result") or [], "score": p.get("score"), "model_version": p.get("model_version") or None}
-
-
-def strip_origin(meta: Any) -> dict[str, Any]:
-    """A task's meta without this tool's origin mark."""
-    return {k: v for k, v in meta.items() if k != ORIGIN_KEY} if isinstance(meta, dict) else {}
-
-
-def content_of(task: dict[str, Any]) -> dict[str, Any]:
-    """The part of a task a push carries and compares: data, meta (without origin), annotation
-    and prediction contents as sorted multisets. Ids, authors, times and counters are left out."""
-    return {
-        "data": task.get("data") or {},
-        "meta": strip_origin(task.get("meta")),
-        "annotations": sorted(_canon(annotation_key(a)) for a in task.get("annotations") or []),
-        "predictions": sorted(_canon(prediction_key(p)) for p in task.get("predictions") or []),
-    }
-
-
-def content_hash(task: dict[str, Any]) -> str:
-    """SHA-256 (hex) of :func:`content_of`: equal hashes = nothing to push."""
-    return hashlib.sha256(_canon(content_of(task)).encode()).hexdigest()
-
-
-def annotation_body(a: dict[str, Any], users: set[int] | None) -> dict[str, Any]:
-    """An annotation as Label Studio takes it on import or create.
-
-    ``completed_by`` is kept only if that user exists on the target server (``users``): the server
-    refuses an import naming an unknown user (HTTP 400) and otherwise records the pushing user.
-    """
-    body = annotation_key(a)
-    if a.get("lead_time") is not None:
-        body["lead_time"] = a["lead_time"]
-    who = _author(a)
-    if users is not None and who in users:
-        body["completed_by"] = who
-    return body
-
-
-def prediction_body(p: dict[str, Any]) -> dict[str, Any]:
-    """A prediction as Label Studio takes it on import or create."""
-    body: dict[str, Any] = {"result": p.get("result") or []}
-    if p.get("score") is not None:
-        body["score"] = p["score"]
-    if p.get("model_version"):
-        body["model_version"] = p["model_version"]
-    return body
-
-
-def import_payload(task: dict[str, Any], origin: dict[str, Any] | None, users: set[int] | None) -> dict[str, Any]:
-    """The import JSON of a stored task; ``origin`` (if given) goes into ``meta["ls_space_sync"]``."""
-    meta = strip_origin(task.get("meta")) if origin is not None else dict(task.get("meta") or {})
-    if origin is not None:
-        meta[ORIGIN_KEY] = origin
-    out: dict[str, Any] = {"data": task.get("data") or {}, "meta": meta}
-    out["annotations"] = [annotation_body(a, users) for a in task.get("annotations") or []]
-    out["predictions"] = [prediction_body(p) for p in task.get("predictions") or []]
-    return out
-
-
-Op = tuple  # ("patch_task", body) | ("create_annotation", body) | ("update_annotation", id, body) | ...
-
-
-def _match(desired: list[dict[str, Any]], current: list[dict[str, Any]], key: Any, kind: str) -> list[Op]:
-    """Ops that make ``current`` (server objects with ids) hold ``desired`` (bodies), fewest first:
-    equal contents are kept, the rest are updated pairwise, then deleted or created. An update
-    leaves the author of the existing object as it is."""
-    left = list(desired)
-    rest = []
-    for cur in sorted(current, key=lambda c: c.get("id") or 0):
-        k = _canon(key(cur))
-        hit = next((i for i, d in enumerate(left) if _canon(key(d)) == k), None)
-        if hit is None:
-            rest.append(cur)
-        else:
-            left.pop(hit)
-    ops: list[Op] = [(f"update_{kind}", cur["id"], {k: v for k, v in d.items() if k != "completed_by"})
-                     for cur, d in zip(rest, left)]
-    ops += [(f"delete_{kind}", cur["id"]) for cur in rest[len(left):]]
-    ops += [(f"create_{kind}", dict(d)) for d in left[len(rest):]]
-    return ops
-
-
-def task_ops(desired: dict[str, Any], current: dict[str, Any]) -> list[Op]:
-    """Ops that make the server task ``current`` hold ``desired`` (an :func:`import_payload`).
-
-    Returns:
-        ``[]`` when the contents are equal; else ``("patch_task", {"data", "meta"})`` if data or meta
-        (without origin) differ, then annotation and prediction ops (see :func:`_match`).
-    """
-    ops: list[Op] = []
-    if (desired["data"] != (current.get("data") or {})
-            or strip_origin(desired["meta"]) != strip_origin(current.get("meta"))):
-        ops.append(("patch_task", {"data": desired["data"], "meta": desired["meta"]}))
-    ops += _match(desired["annotations"], current.get("annotations") or [], annotation_key, "annotation")
-    ops += _match(desired["predictions"], current.get("predictions") or [], prediction_key, "prediction")
-    return ops
-
-
 def apply_ops(client: LabelStudioClient, task_id: int, ops: Sequence[Op]) -> None:
-    """Send ``ops`` (from :func:`task_ops`) for one task, one request each."""
-    for op in ops:
-        kind = op[0]
+    """Send ``ops`` (from :func:`ls_space_sync.taskdiff.task_ops`) for one task, one request each.
+
+    ``patch_task`` is ``update_task(task_id, body)``; ``create_<kind>`` is ``create_<kind>(task_id,
+    body)``; ``update_<kind>`` and ``delete_<kind>`` name the annotation or prediction id themselves.
+
+    Raises:
+        ValueError: an op this function does not know. LabelStudioError: the server refused one.
+    """
+    for kind, *args in ops:
+        verb, _, what = kind.partition("_")
         if kind == "patch_task":
-            client.update_task(task_id, op[1])
-        elif kind == "create_annotation":
-            client.create_annotation(task_id, op[1])
-        elif kind == "update_annotation":
-            client.update_annotation(op[1], op[2])
-        elif kind == "delete_annotation":
-            client.delete_annotation(op[1])
-        elif kind == "create_prediction":
-            client.create_prediction(task_id, op[1])
-        elif kind == "update_prediction":
-            client.update_prediction(op[1], op[2])
-        elif kind == "delete_prediction":
-            client.delete_prediction(op[1])
+            client.update_task(task_id, *args)
+        elif what in ("annotation", "prediction") and verb in ("create", "update", "delete"):
+            # A create names the task; an update or delete names the annotation or prediction.
+            getattr(client, kind)(*((task_id, *args) if verb == "create" else args))
         else:
             raise ValueError(f"unknown op {kind}")
-
-
-def control_names(label_config: str) -> set[str]:
-    """Names of a label config's control tags (elements with ``name`` and ``toName``)."""
-    try:
-        root = ET.fromstring(label_config)
-    except ET.ParseError as exc:
-        raise PushError(f"the target project's label config is not valid XML: {exc}") from None
-    return {el.attrib["name"] for el in root.iter() if "name" in el.attrib and "toName" in el.attrib}
-
-
-def result_names(task: dict[str, Any]) -> set[str]:
-    """The ``from_name`` of every annotation and prediction result region of a task."""
-    return {r["from_name"] for key in ("annotations", "predictions") for item in task.get(key) or []
-            for r in item.get("result") or [] if isinstance(r, dict) and r.get("from_name")}
-
-
-def batch_stamps(batch: pa.RecordBatch) -> list[tuple[int, int, int, int, int]]:
-    """:func:`ls_space_sync.changes.stamp_of` of every row of a stored batch, computed in Arrow."""
-    cols = [batch.column(c).cast(pa.int64()) for c in ("created_at", "updated_at")]
-    cols += [pc.fill_null(batch.column(c), 0) for c in STAMP_COLUMNS[3:]]
-    return list(zip(*(c.to_pylist() for c in cols)))
-
-
-def batch_result_names(batch: pa.RecordBatch, rows: Sequence[int]) -> set[str]:
-    """:func:`result_names` of some rows of a stored batch, read from the Arrow columns (no task
-    JSON is built); raises :class:`PushError` as :func:`require_results` does."""
-    names: set[str] = set()
-    take = pa.array(rows, pa.int64())
-    for key in ("annotations", "predictions"):
-        items = batch.column(key).take(take)
-        flat = items.flatten()
-        if len(flat) == 0:
-            continue
-        results = flat.field("result").to_pylist()
-        if key == "annotations" and None in results:
-            extras = flat.field("extra").to_pylist()
-            parents = pc.list_parent_indices(items).to_pylist()
-            for pos, (result, extra) in enumerate(zip(results, extras)):
-                if result is None and extra and "result" in json.loads(extra).get("__absent__", []):
-                    task_id = batch.column("id")[rows[parents[pos]]].as_py()
-                    require_results({"id": task_id, "annotations": [{}]})
-        for text in {r for r in results if r}:
-            regions = json.loads(text)
-            if isinstance(regions, list):
-                names |= {r["from_name"] for r in regions if isinstance(r, dict) and r.get("from_name")}
-    return names
-
-
-def require_results(task: dict[str, Any]) -> None:
-    """Raise :class:`PushError` if a stored task's annotations lack their ``result`` key.
-
-    Such rows come from a listing that trimmed the annotation objects (on Label Studio 1.23.2,
-    ``include=`` applies to the nested annotations too); pushing them would write empty annotations.
-    """
-    if any("result" not in a for a in task.get("annotations") or []):
-        raise PushError(
-            f"stored task {task.get('id')} has annotations without a result: this version was pulled with a "
-            "task listing that trimmed the annotation objects (sync.task_fields: core on Label Studio 1.23), "
-            "so pushing it would write empty annotations; pull the project into a new data_dir with "
-            "sync.task_fields: all and push from there"
-        )
-
-
-def check_label_config(label_config: str, names: set[str], project_id: int) -> None:
-    """Raise :class:`LabelConfigMismatch` naming the control tags the rows use and the config lacks."""
-    missing = sorted(names - control_names(label_config))
-    if missing:
-        raise LabelConfigMismatch(
-            f"project {project_id}'s label config has no control tag named {', '.join(missing)}, which the rows' "
-            "annotation/prediction results use (from_name); add them to its label config, push to a project "
-            "with a fitting one, or use --new-project (created with the source's label config)"
-        )
 
 
 def fetch_tasks(client: LabelStudioClient, project_id: int, ids: Sequence[int], page_size: int) -> dict[int, dict]:
@@ -705,7 +504,7 @@ class _Push:
         payload = [import_payload(t, self.origin(t), self.users) for t, _ in items]
         self.result.authors_dropped += sum(
             1 for (t, _), p in zip(items, payload) for a, b in zip(t.get("annotations") or [], p["annotations"])
-            if _author(a) is not None and "completed_by" not in b)
+            if annotation_author(a) is not None and "completed_by" not in b)
         try:
             ids = self.client.import_tasks(self.target, payload)
         except ServerUnavailable as exc:
@@ -807,7 +606,6 @@ def _micros(value: Any) -> int | None:
         return stamp_of({"created_at": value, "updated_at": value})[0]
     except ValueError:
         return None
-
 
 
 @click.command("push")

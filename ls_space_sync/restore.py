@@ -5,7 +5,7 @@ project as it is now, which a pull run just before the plan records (so what the
 overwrites is itself kept as a version):
 
 - tasks of the version the project no longer has are imported again (new task ids);
-- tasks whose content (data, meta, annotations, predictions; :func:`ls_space_sync.push.content_of`)
+- tasks whose content (data, meta, annotations, predictions; :func:`ls_space_sync.taskdiff.content_of`)
   differs are changed in place, as a push does: task ids stay;
 - tasks the version did not have are deleted, except one that holds the content of a missing
   task (restored earlier under a new id): restoring twice changes nothing the second time.
@@ -22,9 +22,9 @@ from typing import Any
 
 import click
 
-from .push import (apply_ops, check_label_config, content_hash, import_payload, require_results, result_names,
-                   task_ops)
-from .records import STAMP_COLUMNS, row_to_task
+from .push import apply_ops
+from .records import STAMP_COLUMNS
+from .taskdiff import check_label_config, import_payload, plan_task_changes, require_results, result_names, task_ops
 
 log = logging.getLogger(__name__)
 
@@ -86,32 +86,7 @@ def plan_restore(syncer: Any, project_id: int, version: int | str | None = None,
     store = syncer.store(project_id)
     wanted_ds = store.dataset(version, as_of=as_of)
     plan = RestorePlan(project_id, wanted_ds.version, pulled=pulled.summary())
-    wanted = _tasks(wanted_ds)
-    current = _tasks(store.dataset())
-    for key, (stamp, row) in sorted(wanted.items()):
-        if key not in current:
-            plan.create.append(row_to_task(row))
-            continue
-        cur_stamp, cur_row = current[key]
-        if cur_stamp == stamp:
-            continue
-        want, have = row_to_task(row), row_to_task(cur_row)
-        if content_hash(want) != content_hash(have):
-            plan.update.append((want, have))
-    extra = {key: row_to_task(row) for key, (_, row) in current.items() if key not in wanted}
-    # A task restored earlier got a new id: equal content on both sides is not a change.
-    spare: dict[str, list[int]] = {}
-    for (task_id, _), task in extra.items():
-        spare.setdefault(content_hash(task), []).append(task_id)
-    keep = []
-    for task in plan.create:
-        twins = spare.get(content_hash(task))
-        if twins:
-            twins.pop()
-        else:
-            keep.append(task)
-    plan.create = keep
-    plan.delete = sorted(i for ids in spare.values() for i in ids)
+    plan.create, plan.update, plan.delete = plan_task_changes(_tasks(wanted_ds), _tasks(store.dataset()))
     for task in plan.create + [want for want, _ in plan.update]:
         require_results(task)
     return plan

@@ -1,5 +1,5 @@
-"""Push, mirror and restore against an in-memory Label Studio with write endpoints (respx),
-plus the pure content/ops functions. The real server runs in tests/integration/test_push.py."""
+"""Push, mirror and restore against an in-memory Label Studio with write endpoints (respx).
+The pure content/diff functions are in test_taskdiff.py; the real server in tests/integration/test_push.py."""
 
 from __future__ import annotations
 
@@ -16,10 +16,7 @@ import respx
 
 from ls_space_sync.labelstudio import LabelStudioError, ServerUnavailable
 from ls_space_sync.mirror import mirror_once
-from ls_space_sync.push import (
-    ORIGIN_KEY, LabelConfigMismatch, PushError, _Push, check_label_config, content_hash, control_names,
-    import_payload, push, task_ops,
-)
+from ls_space_sync.push import ORIGIN_KEY, LabelConfigMismatch, PushError, _Push, content_hash, push
 from ls_space_sync.restore import apply_restore, plan_restore
 from ls_space_sync.settings import MirrorSettings, load_settings
 from ls_space_sync.state import FAILED, SKIPPED, SUCCEEDED
@@ -208,50 +205,6 @@ def seed(fake: FakeServer, n: int = 6) -> int:
 
 def contents(fake: FakeServer, pid: int) -> list[str]:
     return sorted(content_hash(t) for t in fake.of(pid))
-
-
-# --- pure functions ------------------------------------------------------------------------
-
-def test_task_ops_are_empty_for_equal_content_whatever_ids_authors_and_times():
-    task = {"data": {"text": "x"}, "meta": {}, "annotations": [{"result": choice("a"), "completed_by": 2}],
-            "predictions": [{"result": choice("b"), "score": 0.5, "model_version": "m"}]}
-    desired = import_payload(task, {"source_id": 1}, users={1})
-    current = {"id": 9, "data": {"text": "x"}, "meta": {ORIGIN_KEY: {"source_id": 5}},
-               "annotations": [{"id": 3, "result": choice("a"), "completed_by": {"id": 1}, "ground_truth": False}],
-               "predictions": [{"id": 4, "result": choice("b"), "score": 0.5, "model_version": "m"}]}
-    assert task_ops(desired, current) == []
-    assert content_hash(desired) == content_hash(current) == content_hash(task)
-
-
-def test_task_ops_keep_equal_annotations_and_update_delete_create_the_rest():
-    desired = import_payload({"data": {"text": "y"}, "annotations": [
-        {"result": choice("a")}, {"result": choice("b")}, {"result": [], "was_cancelled": True}]}, None, None)
-    current = {"data": {"text": "x"}, "meta": {}, "annotations": [
-        {"id": 1, "result": choice("b")}, {"id": 2, "result": choice("z")}],
-        "predictions": [{"id": 5, "result": choice("a"), "score": 0.1}]}
-    ops = task_ops(desired, current)
-    assert ops == [
-        ("patch_task", {"data": {"text": "y"}, "meta": {}}),
-        ("update_annotation", 2, {"result": choice("a"), "was_cancelled": False, "ground_truth": False}),
-        ("create_annotation", {"result": [], "was_cancelled": True, "ground_truth": False}),
-        ("delete_prediction", 5),
-    ]
-
-
-def test_import_payload_keeps_authors_the_server_knows_and_marks_the_origin():
-    task = {"id": 4, "data": {"t": 1}, "meta": {"k": 1, ORIGIN_KEY: {"old": True}},
-            "annotations": [{"result": [], "completed_by": 2, "lead_time": 3.0}, {"result": [], "completed_by": 9}]}
-    body = import_payload(task, {"source_id": 4}, users={1, 2})
-    assert body["meta"] == {"k": 1, ORIGIN_KEY: {"source_id": 4}}
-    assert [a.get("completed_by") for a in body["annotations"]] == [2, None]
-    assert body["annotations"][0]["lead_time"] == 3.0
-
-
-def test_label_config_check_names_the_missing_controls():
-    assert control_names(CONFIG) == {"label"}
-    check_label_config(CONFIG, {"label"}, 3)
-    with pytest.raises(LabelConfigMismatch, match=r"no control tag named box, ner"):
-        check_label_config(CONFIG, {"label", "ner", "box"}, 3)
 
 
 # --- push ----------------------------------------------------------------------------------
