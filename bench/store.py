@@ -11,7 +11,10 @@ it (``ProjectStore.commit`` of ``records.tasks_to_table`` rows with the run's pr
   ``cleanup_old_versions``, refusing to drop a tagged file) vs the same anchor; a few tags are
   read back in full and their row counts checked.
 
-One extra run is profiled (``profile-store.txt``).
+One extra run is profiled (``profile-store.txt``). ``--compact-every M`` measures a remedy: every
+M runs the small fragments are merged (``compact_files`` with the knobs of
+``maintenance.compact_project``, all tags kept, nothing cleaned up); compaction time is reported
+apart from commit time.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import lance
 import pyarrow as pa
 
 from common import BenchEnv, LABEL_CONFIG, Row, log, main_for, median, profiled, server_shaped_tasks, timer
+from ls_space_sync import maintenance
 from ls_space_sync.maintenance import compact_project, disk_usage
 from ls_space_sync.records import data_keys, schema_for, tasks_to_table
 from ls_space_sync.settings import load_settings
@@ -62,6 +66,8 @@ def _props(seq: int, counts: dict[str, int], when: datetime) -> dict[str, str]:
 def run(env: BenchEnv) -> list[Row]:
     """Build the dataset, commit R runs, measure disk before and after compaction."""
     n, runs = env.tasks, getattr(env.args, "store_runs", 1000)
+    compact_every = getattr(env.args, "compact_every", 0)
+    compactions: list[float] = []
     data_dir = env.work / "store-bench"
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = load_settings(config_path=os.devnull, env={}, overrides={"data_dir": str(data_dir)})
@@ -105,6 +111,12 @@ def run(env: BenchEnv) -> list[Row]:
 
     for seq in range(1, runs + 1):
         one_run(seq)
+        if compact_every and seq % compact_every == 0:
+            with timer() as tk:
+                store.dataset().optimize.compact_files(
+                    target_rows_per_fragment=maintenance.TARGET_ROWS_PER_FRAGMENT,
+                    materialize_deletions_threshold=maintenance.MATERIALIZE_DELETIONS_THRESHOLD)
+            compactions.append(tk["s"])
         if seq % 100 == 0:
             log(f"store: {seq} runs; last commit {commit_s[-1] * 1000:.0f} ms, tag {tag_s[-1] * 1000:.0f} ms")
     with profiled(env.out / "profile-store.txt"):
@@ -144,21 +156,26 @@ def run(env: BenchEnv) -> list[Row]:
         "tagged_by_folder": tagged_parts, "compacted_by_folder": compacted_parts,
         "table_bytes": table_bytes, "compacted_bytes": compacted_bytes, "compacted_files": compacted_files,
         "compaction": report, "compaction_seconds": tcomp["s"], "tags_checked": checked,
+        "compact_every": compact_every, "periodic_compaction_seconds": compactions,
     }
+    variant = f", compaction every {compact_every} runs" if compact_every else ""
     return [
-        Row("store", f"commit time, runs {runs - 9}-{runs} vs runs 1-10 (median, {n:,} tasks)", last * 1000,
+        Row("store", f"commit time, runs {runs - 9}-{runs} vs runs 1-10 (median, {n:,} tasks{variant})", last * 1000,
             first * 1000, "ms", 1.5, raw=raw),
         Row("store", f"tag time, runs {runs - 9}-{runs} vs runs 1-10 (median)", median(tag_s[-10:]) * 1000,
             median(tag_s[:10]) * 1000, "ms", None),
-        Row("store", f"disk, {runs + 1} versions all tagged vs the table alone", tagged_bytes / 1e6,
+        Row("store", f"disk, {runs + 1} versions all tagged vs the table alone{variant}", tagged_bytes / 1e6,
             table_bytes / 1e6, "MB", 2.5),
         Row("store", "disk after compaction, all tags kept, vs the table alone", compacted_bytes / 1e6,
             table_bytes / 1e6, "MB", 2.5),
-    ]
+    ] + ([Row("store", f"periodic compaction time per run (every {compact_every} runs) vs a commit of runs 1-10",
+              sum(compactions) / runs * 1000, first * 1000, "ms", None)] if compactions else [])
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-runs", type=int, default=1000, help="synthetic runs to commit (default 1000)")
+    parser.add_argument("--compact-every", type=int, default=0,
+                        help="merge small fragments every M runs, all tags kept (default 0: never)")
 
 
 if __name__ == "__main__":
