@@ -1,7 +1,7 @@
 """SQL, diff, exports and compaction on datasets written by a real pull sync of a real Label Studio.
 
-The server's own view is ``GET /api/tasks?project=P&fields=all``; every number the analysis
-commands give is compared with what that listing says.
+The server's own view is ``GET /api/tasks?project=P&fields=all`` (less the keys the sync does not
+store); every number the analysis commands give is compared with what that listing says.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import statistics
 from collections import Counter
 
-import httpx
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -21,6 +20,9 @@ from ls_space_sync.maintenance import compact_project
 from ls_space_sync.records import table_to_tasks
 from ls_space_sync.settings import load_settings
 from ls_space_sync.sync import Syncer
+# The server's view of a project's tasks (GET /api/tasks?fields=all) as the sync stores them: the
+# same helper the pull-sync tests use, so both follow the sync's choice of task keys.
+from tests.integration.test_pull_sync import server_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +40,6 @@ def choice(value):
 def person(start=0, end=3):
     return {"from_name": "ner", "to_name": "text", "type": "labels",
             "value": {"start": start, "end": end, "text": "Ada", "labels": ["PER"]}}
-
-
-def server_tasks(label_studio, project_id):
-    """The server's own view of a project's tasks (one page is enough for these projects)."""
-    resp = httpx.get(f"{label_studio.url}/api/tasks/", headers={"Authorization": f"Token {label_studio.api_key}"},
-                     params={"project": project_id, "fields": "all", "page_size": 1000}, timeout=60)
-    resp.raise_for_status()
-    return {t["id"]: t for t in resp.json()["tasks"]}
 
 
 @pytest.fixture
