@@ -32,7 +32,7 @@ import duckdb
 import lance
 
 from .records import STAMP_COLUMNS, format_ts
-from .store import ProjectStore, StoreError
+from .store import ProjectStore
 
 # Rows read per Lance filter in the details pass (``id IN (...)``).
 _DETAIL_CHUNK = 2000

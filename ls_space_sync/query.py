@@ -25,7 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from .diff import open_ref
-from .store import ProjectStore, StoreError
+from .store import ProjectStore
 
 _TABLE = re.compile(r"^project_(\d+)$")
 
