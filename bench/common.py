@@ -110,7 +110,7 @@ def format_table(rows: list[Row]) -> str:
     """Render rows as a Markdown table (readable in a terminal too)."""
     head = ["bench", "measure", "ours", "anchor", "ratio", "target", "result"]
     body = [
-        [r.bench, r.measure, f"{_num(r.ours)} {r.unit}", f"{_num(r.anchor)} {r.unit}", f"{r.ratio:.2f}x",
+        [r.bench, r.measure, f"{_num(r.ours)} {r.unit}", f"{_num(r.anchor)} {r.unit}", f"{r.ratio:.2f}x" if r.ratio != float("inf") else "-",
          r.target_text, r.verdict]
         for r in rows
     ]

@@ -67,6 +67,7 @@ def run(env: BenchEnv) -> list[Row]:
     """Build the dataset, commit R runs, measure disk before and after compaction."""
     n, runs = env.tasks, getattr(env.args, "store_runs", 1000)
     compact_every = getattr(env.args, "compact_every", 0)
+    target_rows = getattr(env.args, "compact_target_rows", None) or maintenance.TARGET_ROWS_PER_FRAGMENT
     compactions: list[float] = []
     data_dir = env.work / "store-bench"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -114,7 +115,7 @@ def run(env: BenchEnv) -> list[Row]:
         if compact_every and seq % compact_every == 0:
             with timer() as tk:
                 store.dataset().optimize.compact_files(
-                    target_rows_per_fragment=maintenance.TARGET_ROWS_PER_FRAGMENT,
+                    target_rows_per_fragment=target_rows,
                     materialize_deletions_threshold=maintenance.MATERIALIZE_DELETIONS_THRESHOLD)
             compactions.append(tk["s"])
         if seq % 100 == 0:
@@ -156,9 +157,9 @@ def run(env: BenchEnv) -> list[Row]:
         "tagged_by_folder": tagged_parts, "compacted_by_folder": compacted_parts,
         "table_bytes": table_bytes, "compacted_bytes": compacted_bytes, "compacted_files": compacted_files,
         "compaction": report, "compaction_seconds": tcomp["s"], "tags_checked": checked,
-        "compact_every": compact_every, "periodic_compaction_seconds": compactions,
+        "compact_every": compact_every, "compact_target_rows": target_rows, "periodic_compaction_seconds": compactions,
     }
-    variant = f", compaction every {compact_every} runs" if compact_every else ""
+    variant = f", compaction every {compact_every} runs to {target_rows:,}-row fragments" if compact_every else ""
     return [
         Row("store", f"commit time, runs {runs - 9}-{runs} vs runs 1-10 (median, {n:,} tasks{variant})", last * 1000,
             first * 1000, "ms", 1.5, raw=raw),
@@ -176,6 +177,8 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-runs", type=int, default=1000, help="synthetic runs to commit (default 1000)")
     parser.add_argument("--compact-every", type=int, default=0,
                         help="merge small fragments every M runs, all tags kept (default 0: never)")
+    parser.add_argument("--compact-target-rows", type=int, default=None,
+                        help="target_rows_per_fragment of that compaction (default: maintenance's)")
 
 
 if __name__ == "__main__":
