@@ -12,41 +12,56 @@
   when set).
 - ``discover``: with ``projects: all``, re-reads the project list on the poll interval.
 
+And one set per mirror pair (``mirrors:``; key ``<source>-<target>``, ``<source>-new`` while the
+first pass has yet to create the target):
+
+- ``mirror-<key>``: :func:`ls_space_sync.mirror.mirror_once` on the source project's schedule
+  (same interval or cron, jitter, backoff, at most one instance, coalesced). The pass pulls the
+  source (and, both ways, the target), so those projects get no ``sync-<id>`` job of their own:
+  two jobs pulling one project would only meet at its lock. A one-way target is not pulled by the
+  pass and keeps its own sync job if it is among ``projects``. Pairs run whether or not their
+  projects are listed in ``projects``.
+- ``webhook-mirror-<key>``: a webhook event for a project a pass pulls schedules the pass,
+  debounced like ``webhook-<id>``, instead of a plain sync.
+
 Every sync goes through :meth:`Daemon.sync_job`: a failure (server down, 5xx, bad token) is
 logged and recorded as a failed run by ``run_once``, and the project's next poll is pushed back
 (``interval * 2**(failures-1)``, at most ``scheduler.max_backoff_seconds``, never earlier than
 its schedule). A run refused because another sync of the project holds the lock
 (``ProjectLocked``) is not a failure. Nothing a project does stops the daemon or the others.
+:meth:`Daemon.mirror_job` does the same for a mirror pass (a lock held by a pull of either project
+or a push to the target skips the pass; a failed pass backs off the pair's job).
 
 Jobs reach the daemon through module-level functions (``ls_space_sync.daemon:_sync``), so that
-a persistent job store (``scheduler.job_store: sql`` or ``redis://...``) can pickle them; hence
+a persistent job store (``scheduler.job_store: sql`` or ``redis://...``) can pickle them (a mirror
+job names its pair by source and target and finds it in the settings); hence
 one started daemon per process. ``server.serve`` runs it together with the HTTP endpoints.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, Callable, Iterator
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
-from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .health import MirrorStatus, ProjectStatus, health_report
 from .labelstudio import LabelStudioError
 from .logs import register_secret
 from .metrics import Metrics
-from .settings import ConfigError, Settings
-from .state import FAILED, StateDB, utcnow
+from .mirror import mirror_key, mirror_once, mirror_target, summary_lines
+from .push import PushError
+from .schedules import first_run_time, make_job_store, project_trigger
+from .settings import MirrorSettings, Settings
+from .state import FAILED, utcnow
 from .store import ProjectLocked, StoreError
 from .sync import RunResult, Syncer
 
@@ -66,6 +81,12 @@ def _sync(project_id: int, trigger: str = "schedule") -> None:
         _active.sync_job(project_id, trigger)
 
 
+def _mirror(source: int, target: int | None, trigger: str = "schedule") -> None:
+    """Job entry point for a pass of the mirror pair ``source`` -> ``target`` (as configured)."""
+    if _active is not None:
+        _active.mirror_job(source, target, trigger)
+
+
 def _compact(project_id: int) -> None:
     """Job entry point for compaction."""
     if _active is not None:
@@ -76,63 +97,6 @@ def _discover() -> None:
     """Job entry point for re-reading the project list (``projects: all``)."""
     if _active is not None:
         _active.discover()
-
-
-@dataclass
-class ProjectStatus:
-    """What the daemon remembers of a project between runs (in memory; the runs are in SQL)."""
-
-    failures: int = 0  # consecutive failed runs
-    last_error: str | None = None
-    last_result: RunResult | None = None
-
-
-def make_job_store(settings: Settings, state: StateDB) -> Any:
-    """The APScheduler job store named by ``scheduler.job_store``.
-
-    ``memory`` (default), ``sql`` (table ``apscheduler_jobs`` in the state database) or a
-    ``redis://[:password@]host[:port][/db]`` URL (needs the ``redis`` package).
-
-    Raises:
-        ConfigError: an unknown value, or Redis without the ``redis`` package.
-    """
-    kind = settings.scheduler.job_store
-    if kind == "memory":
-        return MemoryJobStore()
-    if kind == "sql":
-        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-
-        return SQLAlchemyJobStore(engine=state.engine)
-    if kind.startswith(("redis://", "rediss://")):
-        try:
-            from apscheduler.jobstores.redis import RedisJobStore
-        except ImportError:
-            raise ConfigError("scheduler.job_store is a redis:// URL but the redis package is not installed; "
-                              "pip install redis, or use job_store: memory or sql") from None
-        url = urlparse(kind)
-        register_secret(url.password)
-        db = int(url.path.strip("/") or 0)
-        return RedisJobStore(db=db, host=url.hostname or "localhost", port=url.port or 6379,
-                             password=url.password, ssl=url.scheme == "rediss")
-    raise ConfigError(f"scheduler.job_store must be memory, sql or a redis:// URL, not {kind!r}")
-
-
-def project_trigger(settings: Settings, project_id: int) -> IntervalTrigger | CronTrigger:
-    """The poll trigger of a project: its own schedule, else ``sync.interval_seconds``.
-
-    Raises:
-        ConfigError: ``schedules.<id>.cron`` is not a valid 5-field crontab.
-    """
-    schedule = settings.schedules.get(project_id)
-    jitter = settings.scheduler.jitter_seconds or None
-    if schedule is not None and schedule.cron:
-        try:
-            return CronTrigger.from_crontab(schedule.cron, timezone=timezone.utc)
-        except ValueError as exc:
-            raise ConfigError(f"schedules.{project_id}.cron: {exc}; use 5 fields like '*/15 * * * *' (UTC)") from None
-    seconds = (schedule.interval_seconds if schedule and schedule.interval_seconds else None) \
-        or settings.sync.interval_seconds
-    return IntervalTrigger(seconds=seconds, timezone=timezone.utc, jitter=jitter)
 
 
 class Daemon:
@@ -153,6 +117,9 @@ class Daemon:
         self.started_at = utcnow()
         self.projects: list[int] = []
         self.status: dict[int, ProjectStatus] = {}
+        self.mirrored: dict[int, list[MirrorSettings]] = {}  # project -> the mirror pairs whose pass pulls it
+        self.mirror_status: dict[str, MirrorStatus] = {}
+        self._listed: list[int] = []  # the projects to sync as configured or discovered
         self.metrics = Metrics(self._last_successes)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -176,6 +143,7 @@ class Daemon:
         _active = self
         self.scheduler.start(paused=True)
         if self.settings.projects == "all":
+            self.set_projects([])  # the mirror pairs now; the projects once discovered
             self.scheduler.add_job(_discover, IntervalTrigger(seconds=self.settings.sync.interval_seconds,
                                                                timezone=timezone.utc),
                                    id="discover", name="discover projects", replace_existing=True,
@@ -220,45 +188,67 @@ class Daemon:
 
     # --- projects and jobs ---------------------------------------------------------------------
 
-    def _job_ids(self, project_id: int) -> list[str]:
-        ids = [f"sync-{project_id}"]
-        if self.settings.compaction.interval_seconds:
-            ids.append(f"compact-{project_id}")
-        return ids
+    def _mirrored(self) -> dict[int, list[MirrorSettings]]:
+        """``{project id: the mirror pairs whose pass pulls it}``: sources, and both-ways targets once known."""
+        out: dict[int, list[MirrorSettings]] = {}
+        for pair in self.settings.mirrors:
+            target = mirror_target(self.syncer, pair) if pair.both_ways else None
+            for pid in [pair.source] + ([target] if target is not None else []):
+                out.setdefault(pid, []).append(pair)
+        return out
 
-    def set_projects(self, project_ids: list[int]) -> None:
-        """Schedule these projects and unschedule any other (idempotent).
+    def set_projects(self, project_ids: list[int], reschedule: bool = True) -> None:
+        """Schedule these projects and the mirror pairs; unschedule any other job (idempotent).
+
+        A project a mirror pass pulls gets no sync job of its own (see the module docstring).
+
+        Args:
+            project_ids: the projects to sync (``projects``, or the list the server gave).
+            reschedule: replace existing jobs (at start: the config may have changed). ``False``
+                adds only the missing ones, so the others keep their next run time.
 
         Raises:
             ConfigError: a project's cron expression is invalid.
         """
-        new = sorted(set(project_ids))
-        keep = {"discover"} | {job_id for pid in new for job_id in self._job_ids(pid) + [f"webhook-{pid}"]}
+        listed = sorted(set(project_ids))
+        mirrored = self._mirrored()
+        synced = [pid for pid in listed if pid not in mirrored]
+        everyone = sorted(set(listed) | set(mirrored))
+        every, jitter = self.settings.compaction.interval_seconds, self.settings.scheduler.jitter_seconds
+        jobs: dict[str, tuple[Callable[..., None], Any, list[Any], str]] = {}
+        for pid in synced:
+            jobs[f"sync-{pid}"] = (_sync, project_trigger(self.settings, pid), [pid, "schedule"], f"sync project {pid}")
+        for pair in self.settings.mirrors:
+            jobs[f"mirror-{mirror_key(pair)}"] = (_mirror, project_trigger(self.settings, pair.source),
+                                                   [pair.source, pair.target, "schedule"], f"mirror {mirror_key(pair)}")
+        for pid in everyone if every else []:
+            trigger = IntervalTrigger(seconds=every, timezone=timezone.utc, jitter=jitter or None)
+            jobs[f"compact-{pid}"] = (_compact, trigger, [pid], f"compact project {pid}")
+        keep = set(jobs) | {"discover"} | {f"webhook-{pid}" for pid in synced} \
+            | {f"webhook-mirror-{mirror_key(pair)}" for pair in self.settings.mirrors}
         for job in self.scheduler.get_jobs():  # gone projects, or left in a persistent store by an older config
             if job.id not in keep:
                 try:
                     self.scheduler.remove_job(job.id)
                 except JobLookupError:
                     pass
-        for pid in sorted(set(self.settings.schedules) - set(new)):
-            log.warning("schedules.%s is set but project %s is not among the synced projects", pid, pid)
-        jitter = self.settings.scheduler.jitter_seconds
-        for pid in new:
-            trigger = project_trigger(self.settings, pid)
-            first = utcnow() + timedelta(seconds=random.uniform(0, jitter)) if isinstance(trigger, IntervalTrigger) \
-                else None
-            kwargs = {"next_run_time": first} if first is not None else {}
-            self.scheduler.add_job(_sync, trigger, args=[pid, "schedule"], id=f"sync-{pid}", name=f"sync project {pid}",
-                                   replace_existing=True, **kwargs)
-            if self.settings.compaction.interval_seconds:
-                self.scheduler.add_job(_compact, IntervalTrigger(seconds=self.settings.compaction.interval_seconds,
-                                                                 timezone=timezone.utc, jitter=jitter or None),
-                                       args=[pid], id=f"compact-{pid}", name=f"compact project {pid}",
-                                       replace_existing=True)
+        for pid in sorted(set(self.settings.schedules) - set(synced) - {p.source for p in self.settings.mirrors}):
+            log.warning("schedules.%s is set but project %s has no sync job of its own (not among the synced "
+                        "projects, or a both-ways mirror target, pulled on its source's schedule)", pid, pid)
+        for pid in sorted(set(listed) & set(mirrored)):
+            log.info("project %s is pulled by its mirror pass (%s); no separate sync job", pid,
+                     ", ".join(mirror_key(pair) for pair in mirrored[pid]))
+        for job_id, (func, trigger, args, name) in jobs.items():
+            if reschedule or self.scheduler.get_job(job_id) is None:
+                first = None if job_id.startswith("compact-") else first_run_time(trigger, jitter)
+                self.scheduler.add_job(func, trigger, args=args, id=job_id, name=name, replace_existing=True,
+                                       **({"next_run_time": first} if first else {}))
         with self._lock:
-            for pid in new:
+            for pid in everyone:
                 self.status.setdefault(pid, ProjectStatus())
-            self.projects = new
+            for pair in self.settings.mirrors:
+                self.mirror_status.setdefault(mirror_key(pair), MirrorStatus())
+            self.projects, self.mirrored, self._listed = everyone, mirrored, listed
 
     def discover(self) -> None:
         """Re-read the project list from the server (``projects: all``); keep the old one on failure."""
@@ -267,13 +257,18 @@ class Daemon:
         except LabelStudioError as exc:
             log.warning("cannot list the projects (%s); keeping %d known projects", exc, len(self.projects))
             return
-        if ids != self.projects:
+        if ids != self._listed:
             log.info("projects: %s", ", ".join(map(str, ids)) or "none")
-            self.set_projects(ids)
+            self.set_projects(ids, reschedule=False)
+
+    def poll_job_id(self, project_id: int) -> str:
+        """The job that pulls the project on its schedule: ``sync-<id>``, or its mirror's ``mirror-<key>``."""
+        pairs = self.mirrored.get(project_id)
+        return f"mirror-{mirror_key(pairs[0])}" if pairs else f"sync-{project_id}"
 
     def next_run_time(self, project_id: int) -> datetime | None:
-        """When the project's next poll is due (UTC), or ``None``."""
-        job = self.scheduler.get_job(f"sync-{project_id}")
+        """When the project's next poll (or mirror pass) is due (UTC), or ``None``."""
+        job = self.scheduler.get_job(self.poll_job_id(project_id))
         return job.next_run_time if job else None
 
     # --- runs ----------------------------------------------------------------------------------
@@ -281,25 +276,51 @@ class Daemon:
     def request_sync(self, project_id: int, reason: str = "webhook") -> datetime | None:
         """Schedule a sync of the project ``server.debounce_seconds`` from now (debounced).
 
+        For a project a mirror pass pulls, schedule that pass (each pair's, if several) instead.
         While a requested run is pending, further requests change nothing and return its time.
 
         Returns:
-            When the run is due (UTC), or ``None`` if the project is not synced here or the daemon stops.
+            When the run is due (UTC; the earliest pass), or ``None`` if the project is not synced
+            here or the daemon stops.
         """
         if project_id not in self.projects or self._stopping:
             return None
-        job_id = f"webhook-{project_id}"
-        when = utcnow() + timedelta(seconds=self.settings.server.debounce_seconds)
+        delay = self.settings.server.debounce_seconds
+        pairs = self.mirrored.get(project_id)
+        if pairs:
+            return min(self._one_off(_mirror, [p.source, p.target, reason], f"webhook-mirror-{mirror_key(p)}",
+                                     f"mirror {mirror_key(p)} ({reason})", delay) for p in pairs)
+        return self._one_off(_sync, [project_id, reason], f"webhook-{project_id}",
+                             f"sync project {project_id} ({reason})", delay)
+
+    def _one_off(self, func: Callable[..., None], args: list[Any], job_id: str, name: str, delay: float) -> datetime:
+        """Add a one-off job ``delay`` seconds from now unless one with ``job_id`` is pending; return when it runs."""
+        when = utcnow() + timedelta(seconds=delay)
         try:
-            self.scheduler.add_job(_sync, DateTrigger(when, timezone=timezone.utc), args=[project_id, reason],
-                                   id=job_id, name=f"sync project {project_id} ({reason})",
+            self.scheduler.add_job(func, DateTrigger(when, timezone=timezone.utc), args=args, id=job_id, name=name,
                                    misfire_grace_time=None)
         except ConflictingIdError:
             job = self.scheduler.get_job(job_id)
             if job is not None and job.next_run_time is not None:
                 return job.next_run_time
-            return when  # it just started; the running job reads the change
-        return when
+        return when  # added, or it just started: the running job reads the change
+
+    @contextmanager
+    def _slot(self, key: str, project_id: int) -> Iterator[bool]:
+        """Track a running job for :meth:`stop`; yields ``False`` (run nothing) once the daemon stops."""
+        with self._lock:
+            free = not self._stopping
+            if free:
+                self._running[key] = project_id
+        if not free:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._idle:
+                self._running.pop(key, None)
+                self._idle.notify_all()
 
     def sync_job(self, project_id: int, trigger: str) -> RunResult | None:
         """Run ``run_once`` for a scheduled or requested sync, and never raise.
@@ -307,17 +328,8 @@ class Daemon:
         Returns:
             The run's result, or ``None`` if it did not run (daemon stopping, project locked) or failed.
         """
-        key = f"{trigger}-{project_id}"
-        with self._lock:
-            if self._stopping:
-                return None
-            self._running[key] = project_id
-        try:
-            return self._sync(project_id, trigger)
-        finally:
-            with self._idle:
-                self._running.pop(key, None)
-                self._idle.notify_all()
+        with self._slot(f"{trigger}-{project_id}", project_id) as go:
+            return self._sync(project_id, trigger) if go else None
 
     def _sync(self, project_id: int, trigger: str) -> RunResult | None:
         status = self.status.setdefault(project_id, ProjectStatus())
@@ -328,7 +340,8 @@ class Daemon:
             self.metrics.observe_locked(project_id, trigger)
             if trigger != "schedule":
                 # The running sync may have started before the change this request is about.
-                self._retry_later(project_id, trigger, LOCKED_RETRY_SECONDS)
+                self._one_off(_sync, [project_id, trigger], f"webhook-{project_id}",
+                              f"sync project {project_id} ({trigger}, retry)", LOCKED_RETRY_SECONDS)
             return None
         except (LabelStudioError, StoreError, ValueError) as exc:
             self._failed(project_id, trigger, status, str(exc))
@@ -337,11 +350,15 @@ class Daemon:
             log.exception("project %s: unexpected error in a %s run", project_id, trigger, extra={"project": project_id})
             self._failed(project_id, trigger, status, f"{type(exc).__name__}: {exc}")
             return None
-        status.failures, status.last_error, status.last_result = 0, None, result
-        self.metrics.observe_run(result, trigger)
-        self.metrics.set_failures(project_id, 0)
+        self._succeeded(result, trigger)
         log.info("%s", result.summary(), extra={"run_id": result.run_id, "project": project_id})
         return result
+
+    def _succeeded(self, result: RunResult, trigger: str) -> None:
+        status = self.status.setdefault(result.project_id, ProjectStatus())
+        status.failures, status.last_error, status.last_result = 0, None, result
+        self.metrics.observe_run(result, trigger)
+        self.metrics.set_failures(result.project_id, 0)
 
     def _failed(self, project_id: int, trigger: str, status: ProjectStatus, error: str) -> None:
         status.failures += 1
@@ -350,14 +367,14 @@ class Daemon:
         seconds = last.duration_seconds if last is not None and last.status == FAILED else None
         self.metrics.observe_failure(project_id, trigger, seconds)
         self.metrics.set_failures(project_id, status.failures)
-        delay = self._backoff(project_id, status.failures)
+        delay = self._backoff(f"sync-{project_id}", status.failures)
         log.error("project %s: %s run failed (%d in a row): %s; next try in %.0f s", project_id, trigger,
                   status.failures, error, delay, extra={"project": project_id,
                                                         "run_id": last.run_id if last is not None else None})
 
-    def _backoff(self, project_id: int, failures: int) -> float:
-        """Push the project's next poll to ``interval * 2**(failures-1)`` from now (capped); return the wait."""
-        job = self.scheduler.get_job(f"sync-{project_id}")
+    def _backoff(self, job_id: str, failures: int) -> float:
+        """Push a poll job's next run to ``interval * 2**(failures-1)`` from now (capped); return the wait."""
+        job = self.scheduler.get_job(job_id)
         if job is None or job.next_run_time is None:
             return 0.0
         now = utcnow()
@@ -372,33 +389,78 @@ class Daemon:
             return natural
         return delay
 
-    def _retry_later(self, project_id: int, trigger: str, seconds: float) -> None:
+    def mirror_job(self, source: int, target: int | None, trigger: str) -> dict[str, Any] | None:
+        """Run one pass of the configured mirror pair ``source`` -> ``target``, and never raise.
+
+        Returns:
+            ``mirror_once``'s result, or ``None`` if the pass did not run (daemon stopping, pair no
+            longer configured, a project locked) or failed.
+        """
+        pair = next((p for p in self.settings.mirrors if (p.source, p.target) == (source, target)), None)
+        if pair is None:  # left in a persistent job store by an older config
+            log.warning("no mirror pair %s -> %s is configured any more; pass skipped", source, target)
+            return None
+        with self._slot(f"mirror-{trigger}-{mirror_key(pair)}", source) as go:
+            return self._mirror_pass(pair, trigger) if go else None
+
+    def _mirror_pass(self, pair: MirrorSettings, trigger: str) -> dict[str, Any] | None:
+        key = mirror_key(pair)
+        status = self.mirror_status.setdefault(key, MirrorStatus())
+        extra = {"project": pair.source}
         try:
-            self.scheduler.add_job(_sync, DateTrigger(utcnow() + timedelta(seconds=seconds), timezone=timezone.utc),
-                                   args=[project_id, trigger], id=f"webhook-{project_id}",
-                                   name=f"sync project {project_id} ({trigger}, retry)", misfire_grace_time=None)
-        except ConflictingIdError:
-            pass  # one is pending already
+            result = mirror_once(self.syncer, pair)
+        except ProjectLocked as exc:
+            log.info("mirror %s: %s; skipping this %s pass", key, exc, trigger, extra=extra)
+            self.metrics.observe_mirror_pass(pair.source, pair.target, trigger, "locked")
+            if trigger != "schedule":
+                self._one_off(_mirror, [pair.source, pair.target, trigger], f"webhook-mirror-{key}",
+                              f"mirror {key} ({trigger}, retry)", LOCKED_RETRY_SECONDS)
+            return None
+        except (LabelStudioError, StoreError, PushError, ValueError) as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in one pass must not stop the daemon
+            log.exception("mirror %s: unexpected error in a %s pass", key, trigger, extra=extra)
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            error = None
+        if error is not None:
+            status.failures, status.last_error = status.failures + 1, error
+            self.metrics.observe_mirror_pass(pair.source, pair.target, trigger, "failed")
+            for pid in self._pulled_by(pair):
+                self.metrics.set_failures(pid, status.failures)
+            delay = self._backoff(f"mirror-{key}", status.failures)
+            log.error("mirror %s: %s pass failed (%d in a row): %s; next try in %.0f s", key, trigger,
+                      status.failures, error, delay, extra=extra)
+            return None
+        for run in result["runs"]:
+            self._succeeded(run, "mirror")
+        status.failures, status.last_error, status.last_pass_at = 0, None, utcnow()
+        status.last_pass = {k: v for k, v in result.items() if k != "runs"}
+        self.metrics.observe_mirror_pass(pair.source, pair.target, trigger, "quiet" if result["quiet"] else "changed",
+                                         result["pushes"])
+        if pair.both_ways and result["target"] is not None and result["target"] not in self.mirrored:
+            self.set_projects(self._listed, reschedule=False)  # the first pass created the target: pull it too
+        head, *details = summary_lines(result, pair)
+        log.info("%s%s", head, "" if result["quiet"] else f" ({'; '.join(details)})", extra=extra)
+        return result
+
+    def _pulled_by(self, pair: MirrorSettings) -> list[int]:
+        return [pid for pid, pairs in self.mirrored.items() if pair in pairs]
 
     def compact_job(self, project_id: int) -> None:
         """Run ``maintenance.compact_project`` for a project; log failures, never raise."""
-        with self._lock:
-            if self._stopping:
+        with self._slot(f"compact-{project_id}", project_id) as go:
+            if not go:
                 return
-            self._running[f"compact-{project_id}"] = project_id
-        try:
-            from .maintenance import compact_project  # written separately; optional until it lands
+            try:
+                from .maintenance import compact_project  # written separately; optional until it lands
 
-            compact_project(self.settings, project_id)
-        except ProjectLocked as exc:
-            log.info("project %s: compaction skipped: %s", project_id, exc, extra={"project": project_id})
-        except Exception as exc:  # noqa: BLE001 - a failed compaction must not stop the daemon
-            log.error("project %s: compaction failed: %s: %s", project_id, type(exc).__name__, exc,
-                      extra={"project": project_id})
-        finally:
-            with self._idle:
-                self._running.pop(f"compact-{project_id}", None)
-                self._idle.notify_all()
+                compact_project(self.settings, project_id)
+            except ProjectLocked as exc:
+                log.info("project %s: compaction skipped: %s", project_id, exc, extra={"project": project_id})
+            except Exception as exc:  # noqa: BLE001 - a failed compaction must not stop the daemon
+                log.error("project %s: compaction failed: %s: %s", project_id, type(exc).__name__, exc,
+                          extra={"project": project_id})
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -406,31 +468,5 @@ class Daemon:
         return {pid: self.state.cursor(pid).last_success_at for pid in list(self.projects)}
 
     def health(self) -> dict[str, Any]:
-        """Each project's state for ``GET /health``: last run, lag, failures, next poll (times UTC ISO 8601)."""
-        now = utcnow()
-        projects = {}
-        for pid in list(self.projects):
-            run = self.state.last_run(pid)
-            success = self.state.cursor(pid).last_success_at
-            status = self.status.get(pid, ProjectStatus())
-            nxt = self.next_run_time(pid)
-            projects[str(pid)] = {
-                "last_run": None if run is None else {
-                    "run_id": run.run_id, "status": run.status, "trigger": run.trigger,
-                    "started_at": run.started_at.isoformat(),
-                    "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                    "tag": run.tag, "version": run.version, "error": run.error,
-                },
-                "last_success_at": success.isoformat() if success else None,
-                "seconds_since_success": round((now - success).total_seconds(), 3) if success else None,
-                "consecutive_failures": status.failures,
-                "next_run_at": nxt.isoformat() if nxt else None,
-            }
-        return {
-            "status": "UP",
-            "model_class": "ls-space-sync",
-            "started_at": self.started_at.isoformat(),
-            "webhooks": "on" if self.settings.server.webhook_secret is not None else "off",
-            "projects": projects,
-        }
-
+        """The ``GET /health`` report (see :func:`ls_space_sync.health.health_report`)."""
+        return health_report(self)

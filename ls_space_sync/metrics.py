@@ -9,6 +9,11 @@
 | ``ls_space_sync_consecutive_failures`` | gauge | project |
 | ``ls_space_sync_webhook_events_total`` | counter | action (Label Studio's action name, or ``other``) |
 | ``ls_space_sync_webhook_rejected_total`` | counter | reason (auth, too_large, malformed, unknown_project, disabled) |
+| ``ls_space_sync_mirror_passes_total`` | counter | source, target, trigger, outcome (quiet, changed, failed, locked) |
+| ``ls_space_sync_mirror_tasks_total`` | counter | source, target (of the push), change (created, updated, deleted) |
+
+The pulls of a mirror pass count in ``ls_space_sync_runs_total`` with trigger ``mirror``. A mirror
+whose target the first pass creates is labelled ``target="new"``.
 
 The time since the last success is read from the state database at each scrape (the checkpoint's
 ``last_success_at``, set by succeeded and skipped runs), so it survives restarts.
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -73,6 +78,10 @@ class Metrics:
                                 registry=r)
         self.rejected = Counter("ls_space_sync_webhook_rejected", "Rejected webhook requests by reason",
                                 ["reason"], registry=r)
+        self.mirror_passes = Counter("ls_space_sync_mirror_passes", "Mirror passes by pair, trigger and outcome",
+                                     ["source", "target", "trigger", "outcome"], registry=r)
+        self.mirror_tasks = Counter("ls_space_sync_mirror_tasks", "Tasks mirror pushes created, updated or deleted",
+                                    ["source", "target", "change"], registry=r)
         r.register(_LagCollector(last_successes))
 
     def observe_run(self, result: RunResult, trigger: str) -> None:
@@ -92,6 +101,18 @@ class Metrics:
     def observe_locked(self, project_id: int, trigger: str) -> None:
         """Count a run refused because another sync of the project held its lock."""
         self.runs.labels(str(project_id), trigger, "locked").inc()
+
+    def observe_mirror_pass(self, source: int, target: int | None, trigger: str, outcome: str,
+                            pushes: Sequence[dict[str, Any]] = ()) -> None:
+        """Count a mirror pass (``outcome``: quiet, changed, failed, locked) and its pushes' tasks.
+
+        Args:
+            pushes: ``PushResult.as_dict()`` of the pass's pushes (``mirror_once(...)["pushes"]``).
+        """
+        self.mirror_passes.labels(str(source), "new" if target is None else str(target), trigger, outcome).inc()
+        for p in pushes:
+            for change in ("created", "updated", "deleted"):
+                self.mirror_tasks.labels(str(p["source_project"]), str(p["target_project"]), change).inc(p[change])
 
     def set_failures(self, project_id: int, failures: int) -> None:
         """Set the project's count of consecutive failed runs."""

@@ -42,6 +42,12 @@ class MirrorTarget(Base):
     target_project: Mapped[int] = mapped_column(Integer)
 
 
+def mirror_key(pair: MirrorSettings) -> str:
+    """A pair's name in job ids, logs and metrics: ``<source>-<target>`` as configured
+    (``<source>-new`` when the first pass creates the target)."""
+    return f"{pair.source}-{'new' if pair.target is None else pair.target}"
+
+
 def mirror_target(syncer: Any, pair: MirrorSettings) -> int | None:
     """The pair's target project: configured, or created by an earlier pass, or ``None`` yet."""
     if pair.target is not None:
@@ -61,20 +67,21 @@ def mirror_once(syncer: Any, pair: MirrorSettings) -> dict[str, Any]:
             ``delete``, ``filter`` (a SQL predicate for the source rows pushed to the target).
 
     Returns:
-        ``{"source", "target", "pulls": [RunResult.summary()], "pushes": [PushResult.as_dict()],
-        "versions": versions committed by the pulls, "moved": tasks created + updated + deleted
-        by the pushes, "quiet": no version and nothing moved}``.
+        ``{"source", "target", "pulls": [RunResult.summary()], "runs": [RunResult] of the pulls,
+        "pushes": [PushResult.as_dict()], "versions": versions committed by the pulls, "moved":
+        tasks created + updated + deleted by the pushes, "quiet": no version and nothing moved}``.
 
     Raises:
         ProjectLocked: a pull of one of the projects is running elsewhere (try again later).
         LabelStudioError, StoreError, PushError: as ``run_once`` and ``push``.
     """
     out: dict[str, Any] = {"source": pair.source, "target": mirror_target(syncer, pair), "pulls": [],
-                           "pushes": [], "versions": 0, "moved": 0}
+                           "runs": [], "pushes": [], "versions": 0, "moved": 0}
 
     def pull(project_id: int) -> None:
         result = syncer.run_once(project_id, trigger="mirror")
         out["pulls"].append(result.summary())
+        out["runs"].append(result)
         if result.status == "succeeded":  # skipped: nothing changed, no version
             out["versions"] += 1
 
@@ -102,6 +109,21 @@ def mirror_once(syncer: Any, pair: MirrorSettings) -> dict[str, Any]:
         push_to(target, pair.source)
     out["quiet"] = out["versions"] == 0 and out["moved"] == 0
     return out
+
+
+def summary_lines(result: dict[str, Any], pair: MirrorSettings) -> list[str]:
+    """A pass of :func:`mirror_once` for people: a headline, then one line per pull and per push.
+
+    ``mirror 18 -> 19 (both ways): quiet``, or ``...: 1 new versions, 2 tasks moved``; then
+    ``pull project 18: no change +0 ~0 -0 (0.4 s, 2 requests)`` and
+    ``push 19 -> 18: +1 ~1 -0 (2 echoes, 0 conflicts)``.
+    """
+    state = "quiet" if result["quiet"] else f"{result['versions']} new versions, {result['moved']} tasks moved"
+    lines = [f"mirror {result['source']} -> {result['target']}{' (both ways)' if pair.both_ways else ''}: {state}"]
+    lines += [f"pull {line}" for line in result["pulls"]]
+    lines += [f"push {p['source_project']} -> {p['target_project']}: +{p['created']} ~{p['updated']} "
+              f"-{p['deleted']} ({p['echoes']} echoes, {p['conflicts']} conflicts)" for p in result["pushes"]]
+    return lines
 
 
 def _remember(syncer: Any, source: int, target: int) -> None:
@@ -140,11 +162,8 @@ def mirror_command(ctx: Any, sources: tuple[int, ...]) -> None:
             failed += 1
             click.echo(f"mirror {pair.source} -> {pair.target}: FAILED: {exc}")
             continue
-        state = "quiet" if res["quiet"] else f"{res['versions']} new versions, {res['moved']} tasks moved"
-        click.echo(f"mirror {res['source']} -> {res['target']}{' (both ways)' if pair.both_ways else ''}: {state}")
-        for line in res["pulls"]:
-            click.echo(f"  pull {line}")
-        for p in res["pushes"]:
-            click.echo(f"  push {p['source_project']} -> {p['target_project']}: +{p['created']} ~{p['updated']} "
-                       f"-{p['deleted']} ({p['echoes']} echoes, {p['conflicts']} conflicts)")
+        head, *details = summary_lines(res, pair)
+        click.echo(head)
+        for line in details:
+            click.echo(f"  {line}")
     sys.exit(1 if failed else 0)

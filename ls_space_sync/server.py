@@ -10,8 +10,9 @@ and ``ls-space-sync run``, which serves them together with the daemon (:func:`se
 | ``/ml/<secret>/{health,setup,predict,versions,webhook}`` | the same, for a project's Model settings |
 
 Webhooks are hints: an accepted event schedules a sync of its project ``server.debounce_seconds``
-later (debounced, see :meth:`Daemon.request_sync`); scheduled polls still run and catch what a
-lost webhook missed (Label Studio sends each once, with a 1 s timeout).
+later, or the pass of the mirror pair that pulls it (debounced, see :meth:`Daemon.request_sync`);
+scheduled polls still run and catch what a lost webhook missed (Label Studio sends each once,
+with a 1 s timeout).
 
 Authentication: ``POST /webhook`` needs ``server.webhook_secret`` in the ``server.webhook_header``
 header (``ls-space-sync webhooks install`` sets it), compared in constant time; a wrong or missing

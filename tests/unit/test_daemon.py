@@ -303,3 +303,94 @@ def test_compaction_job_compacts_and_never_raises(tmp_path, fake, daemons, caplo
     with caplog.at_level("ERROR", logger="ls_space_sync.daemon"):
         d.compact_job(1)  # logged, not raised
     assert any("compaction failed: RuntimeError: disk full" in r.getMessage() for r in caplog.records)
+
+
+# --- mirror pairs ------------------------------------------------------------------------------
+
+MIRRORS = [{"source": 1, "target": 2, "both_ways": True}, {"source": 3, "target": 4}]
+
+
+def test_a_mirror_pair_runs_on_its_source_schedule_instead_of_the_sync_jobs_of_the_projects_it_pulls(
+        tmp_path, fake, daemons):
+    settings = make_settings(tmp_path, projects=[1, 2, 3, 4, 5], mirrors=MIRRORS,
+                             schedules={1: {"interval_seconds": 30}, 3: {"cron": "*/5 * * * *"}},
+                             scheduler={"jitter_seconds": 7})
+    d = daemons(settings)
+    jobs = {j.id: j for j in d.scheduler.get_jobs()}
+    # 1 and 2 are pulled by the both-ways pass, 3 by its one-way pass; 4 (a one-way target) and 5 sync.
+    assert set(jobs) == {"mirror-1-2", "mirror-3-4", "sync-4", "sync-5"}
+    assert jobs["mirror-1-2"].args == (1, 2, "schedule") and jobs["mirror-1-2"].func.__name__ == "_mirror"
+    assert jobs["mirror-1-2"].trigger.interval == timedelta(seconds=30) and jobs["mirror-1-2"].trigger.jitter == 7
+    assert isinstance(jobs["mirror-3-4"].trigger, CronTrigger)
+    assert all((j.max_instances, j.coalesce) == (1, True) for j in jobs.values())
+    assert d.projects == [1, 2, 3, 4, 5]
+    assert d.next_run_time(2) == jobs["mirror-1-2"].next_run_time
+    assert d.health()["projects"]["2"]["mirrors"] == ["1-2"] and d.health()["projects"]["4"]["mirrors"] == []
+
+
+def test_a_webhook_for_a_mirrored_project_schedules_its_pass_debounced(tmp_path, fake, daemons):
+    d = daemons(make_settings(tmp_path, projects=[5], mirrors=MIRRORS, server={"debounce_seconds": 3}))
+    assert d.projects == [1, 2, 3, 5]  # pairs run whether or not their projects are listed; 4 is not pulled
+    first = d.request_sync(2)
+    assert all(d.request_sync(n) == first for n in (1, 2, 2))  # either side, one pending pass
+    job = d.scheduler.get_job("webhook-mirror-1-2")
+    assert job.args == (1, 2, "webhook") and job.func.__name__ == "_mirror"
+    assert d.request_sync(4) is None  # a one-way target this daemon does not sync
+    assert d.request_sync(5) is not None and d.scheduler.get_job("webhook-5") is not None
+
+
+def test_mirror_passes_are_counted_logged_locked_is_not_a_failure_and_failures_back_off(tmp_path, fake, daemons,
+                                                                                       monkeypatch, caplog):
+    import ls_space_sync.daemon as daemon_module
+    from ls_space_sync.labelstudio import LabelStudioError
+    from ls_space_sync.store import ProjectLocked
+    from ls_space_sync.sync import RunResult
+
+    push = {"source_project": 1, "target_project": 2, "created": 2, "updated": 1, "deleted": 0, "echoes": 0,
+            "conflicts": 0}
+    outcomes = [
+        {"source": 1, "target": 2, "pulls": ["project 1: run-000001 v1 +3 ~0 -0"], "pushes": [push], "versions": 1,
+         "moved": 3, "quiet": False, "runs": [RunResult(1, "r1", SUCCEEDED, inserted=3, version=1, tag="run-000001"),
+                                              RunResult(2, "r2", SKIPPED)]},
+        ProjectLocked("project 1 is being synced by another process"),
+        LabelStudioError("Label Studio answered HTTP 502", 502),
+        LabelStudioError("Label Studio answered HTTP 502", 502),
+    ]
+    calls = []
+
+    def fake_mirror_once(syncer, pair):
+        calls.append((pair.source, pair.target))
+        out = outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    monkeypatch.setattr(daemon_module, "mirror_once", fake_mirror_once)
+    d = daemons(make_settings(tmp_path, projects=[], mirrors=MIRRORS[:1]))
+    with caplog.at_level("INFO", logger="ls_space_sync.daemon"):
+        assert d.mirror_job(1, 2, "schedule")["moved"] == 3
+    assert "mirror 1 -> 2 (both ways): 1 new versions, 3 tasks moved (pull project 1: run-000001 v1 +3 ~0 -0; " \
+           "push 1 -> 2: +2 ~1 -0 (0 echoes, 0 conflicts))" in caplog.messages
+    passes = "ls_space_sync_mirror_passes_total"
+    assert sample(d, passes, source=1, target=2, trigger="schedule", outcome="changed") == 1
+    assert sample(d, "ls_space_sync_mirror_tasks_total", source=1, target=2, change="created") == 2
+    assert sample(d, "ls_space_sync_runs_total", project=1, trigger="mirror", status="succeeded") == 1
+    assert sample(d, "ls_space_sync_rows_total", project=1, change="inserted") == 3
+    assert d.health()["mirrors"]["1-2"]["last_pass"]["moved"] == 3
+
+    assert d.mirror_job(1, 2, "webhook") is None  # locked: skipped, retried, not a failure
+    assert d.mirror_status["1-2"].failures == 0 and d.scheduler.get_job("webhook-mirror-1-2") is not None
+    assert sample(d, passes, source=1, target=2, trigger="webhook", outcome="locked") == 1
+
+    waits = []
+    for _ in range(2):
+        before = utcnow()
+        assert d.mirror_job(1, 2, "schedule") is None
+        waits.append(round((d.next_run_time(1) - before).total_seconds()))
+    assert waits == [10, 20]  # the pair's job backs off like a project's poll
+    health = d.health()
+    pair = health["mirrors"]["1-2"]
+    assert pair["consecutive_failures"] == 2 and "HTTP 502" in pair["last_error"] and pair["next_run_at"]
+    assert health["projects"]["2"]["consecutive_failures"] == 2
+    assert sample(d, "ls_space_sync_consecutive_failures", project=2) == 2
+    assert d.mirror_job(9, 10, "schedule") is None and len(calls) == 4  # a pair no longer configured: nothing
