@@ -410,16 +410,22 @@ class LabelStudioClient:
                           f"api/tasks/{int(task_id)}/annotations/", body)
         return int(resp["id"])
 
+    def _patch(self, kind: str, object_id: int, body: dict[str, Any]) -> None:
+        self._raw(f"{kind} {object_id}", f"api/{kind}s/{int(object_id)}/", method="PATCH", json_body=body)
+
+    def _delete(self, kind: str, object_id: int) -> None:
+        try:
+            self._raw(f"{kind} {object_id}", f"api/{kind}s/{int(object_id)}/", method="DELETE")
+        except NotFound:
+            pass  # already gone: the outcome asked for
+
     def update_annotation(self, annotation_id: int, body: dict[str, Any]) -> None:
         """PATCH an annotation."""
-        self._raw(f"annotation {annotation_id}", f"api/annotations/{int(annotation_id)}/", method="PATCH", json_body=body)
+        self._patch("annotation", annotation_id, body)
 
     def delete_annotation(self, annotation_id: int) -> None:
         """Delete an annotation; one that is already gone counts as deleted."""
-        try:
-            self._raw(f"annotation {annotation_id}", f"api/annotations/{int(annotation_id)}/", method="DELETE")
-        except NotFound:
-            pass
+        self._delete("annotation", annotation_id)
 
     def create_prediction(self, task_id: int, body: dict[str, Any]) -> int:
         """Add a prediction (``result``, ``score``, ``model_version``) to a task."""
@@ -429,14 +435,11 @@ class LabelStudioClient:
 
     def update_prediction(self, prediction_id: int, body: dict[str, Any]) -> None:
         """PATCH a prediction."""
-        self._raw(f"prediction {prediction_id}", f"api/predictions/{int(prediction_id)}/", method="PATCH", json_body=body)
+        self._patch("prediction", prediction_id, body)
 
     def delete_prediction(self, prediction_id: int) -> None:
         """Delete a prediction; one that is already gone counts as deleted."""
-        try:
-            self._raw(f"prediction {prediction_id}", f"api/predictions/{int(prediction_id)}/", method="DELETE")
-        except NotFound:
-            pass
+        self._delete("prediction", prediction_id)
 
     def delete_tasks(self, project_id: int, task_ids: Sequence[int]) -> None:
         """Delete tasks of a project in one request (the Data Manager's ``delete_tasks`` action)."""
