@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -297,6 +298,14 @@ class BenchEnv:
     server: LocalLabelStudio | None = None
     project_id: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    temporary: bool = False  # work is a fresh temporary folder, removed by finish()
+
+    def finish(self, ok: bool) -> None:
+        """Remove a temporary work folder after a good run; keep it (and say where) after a failure."""
+        if self.temporary and ok:
+            shutil.rmtree(self.work, ignore_errors=True)
+        elif self.temporary:
+            log(f"kept {self.work} (server log and stores) to look into the failure")
 
     @property
     def tasks(self) -> int:
@@ -347,7 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for results JSON and profiles (default /tmp/ls-space-sync-bench/results)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the server's data and the synced stores; reusing one skips the "
-                             "import of a project that is already loaded (default: a fresh temporary folder)")
+                             "import of a project that is already loaded (default: a fresh temporary folder, "
+                             "removed after a good run)")
 
 
 def ls_venv(args: argparse.Namespace) -> Path:
@@ -361,7 +371,7 @@ def make_env(args: argparse.Namespace) -> BenchEnv:
     work = (args.work or Path(tempfile.mkdtemp(prefix="ls-space-sync-bench-"))).absolute()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    return BenchEnv(args=args, out=out, work=work)
+    return BenchEnv(args=args, out=out, work=work, temporary=args.work is None)
 
 
 @contextlib.contextmanager
@@ -482,12 +492,17 @@ def main_for(name: str, run: Callable[[BenchEnv], list[Row]], needs_server: bool
     if extra_args:
         extra_args(parser)
     env = make_env(parser.parse_args())
-    if needs_server:
-        with label_studio(env):
-            env.project_id = load_project(env, env.tasks)
+    ok = False
+    try:
+        if needs_server:
+            with label_studio(env):
+                env.project_id = load_project(env, env.tasks)
+                rows = run(env)
+        else:
             rows = run(env)
-    else:
-        rows = run(env)
+        ok = True
+    finally:
+        env.finish(ok)
     print(format_table(rows))
     print(f"\nraw numbers: {write_results(env.out, name, rows, {'info': env.info})}")
 
