@@ -203,7 +203,10 @@ class LabelStudioClient:
         Raises:
             NotFound: no such project. AuthError: bad token. ServerUnavailable: server down.
         """
-        resp = self._raw(f"project {project_id}", f"api/projects/{int(project_id)}/")
+        # include=: without it the server computes project statistics a sync never reads
+        # (0.58 s vs 0.15 s at 20,000 tasks, bench/poll.py); the four keys come back the same.
+        resp = self._raw(f"project {project_id}", f"api/projects/{int(project_id)}/",
+                         params={"include": "id,title,task_number,label_config"})
         body = resp.json()
         try:
             server_time = parsedate_to_datetime(resp.headers["date"]).astimezone(timezone.utc)

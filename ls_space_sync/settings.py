@@ -97,7 +97,7 @@ class SchedulerSettings(_Section):
 class CompactionSettings(_Section):
     """Store maintenance (``compaction:`` in YAML). Times in seconds; ``None`` turns a policy off."""
 
-    interval_seconds: float | None = Field(None, gt=0)  # run in the daemon on this interval
+    interval_seconds: float | None = Field(86400.0, gt=0)  # run in the daemon on this interval (None: never)
     retention_seconds: float = Field(7 * 86400.0, ge=0)  # untagged versions older than this are removed
     keep_tags_days: float | None = Field(None, gt=0)  # prune run tags older than this
     keep_tags_count: int | None = Field(None, gt=0)  # keep only the newest N run tags

@@ -269,14 +269,21 @@ class ProjectStore:
         return None
 
     def tag(self, name: str, version: int) -> None:
-        """Tag ``version`` as ``name``; a no-op if the tag already points there."""
+        """Tag ``version`` as ``name``; a no-op if the tag already points there.
+
+        Creates first and looks only on a conflict: listing every tag first costs ~0.1 s per run
+        at 1,000 tags (bench/store.py).
+
+        Raises:
+            StoreError: the tag exists and names another version.
+        """
         ds = self.dataset()
-        existing = ds.tags.list().get(name)
-        if existing is not None:
-            if existing["version"] != version:
-                raise StoreError(f"tag {name} already names version {existing['version']}, not {version}")
-            return
-        ds.tags.create(name, version)
+        try:
+            ds.tags.create(name, version)
+        except ValueError:
+            existing = ds.tags.get_version(name)
+            if existing != version:
+                raise StoreError(f"tag {name} already names version {existing}, not {version}") from None
 
     def tags(self) -> dict[str, int]:
         """All tags, ``{name: version}``."""

@@ -34,7 +34,8 @@ def make_settings(tmp_path, **overrides):
     base = {"data_dir": str(tmp_path), "projects": [1],
             "label_studio": {"retries": 0, "retry_max_wait_seconds": 0.01},
             "sync": {"lag_seconds": 0, "interval_seconds": 10},
-            "scheduler": {"jitter_seconds": 0, "max_backoff_seconds": 25, "shutdown_timeout_seconds": 5}}
+            "scheduler": {"jitter_seconds": 0, "max_backoff_seconds": 25, "shutdown_timeout_seconds": 5},
+            "compaction": {"interval_seconds": None}}  # the daily default is tested on its own below
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
@@ -395,3 +396,11 @@ def test_mirror_passes_are_counted_logged_locked_is_not_a_failure_and_failures_b
     assert health["projects"]["2"]["consecutive_failures"] == 2
     assert sample(d, "ls_space_sync_consecutive_failures", project=2) == 2
     assert d.mirror_job(9, 10, "schedule") is None and len(calls) == 4  # a pair no longer configured: nothing
+
+
+def test_compaction_is_scheduled_daily_by_default(tmp_path, fake, daemons):
+    settings = load_settings(env={"LABEL_STUDIO_URL": URL, "LABEL_STUDIO_API_KEY": KEY},
+                             overrides={"data_dir": str(tmp_path), "projects": [1]})
+    d = daemons(settings)
+    job = d.scheduler.get_job("compact-1")
+    assert job is not None and job.trigger.interval.total_seconds() == 86400
