@@ -12,8 +12,10 @@ jitter (``retries`` times, waits capped at ``max_wait`` seconds); 401/403 raise
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -277,8 +279,10 @@ class LabelStudioClient:
 
     def _keyset(self, project_id: int, items: list[dict[str, Any]], fields: str, include: str | None,
                 page_size: int, selected: dict[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
-        last_id: int | None = None
-        while True:
+        """Yield pages of ``id > last id``; the next page is requested while the caller works on
+        this one (one request in flight ahead, so the server and our staging overlap)."""
+
+        def fetch(last_id: int | None) -> list[dict[str, Any]]:
             page_items = list(items)
             if last_id is not None:
                 page_items.append({"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last_id})
@@ -292,15 +296,25 @@ class LabelStudioClient:
             try:
                 resp = self._raw(f"tasks of project {project_id}", "api/tasks/", params=params)
             except NotFound:
-                return  # an empty result answers 404 on some versions
+                return []  # an empty result answers 404 on some versions
             body = resp.json()
-            tasks = body.get("tasks", []) if isinstance(body, dict) else body
-            if not tasks:
-                return
-            yield tasks
-            if len(tasks) < page_size:
-                return
-            last_id = max(int(t["id"]) for t in tasks)
+            return body.get("tasks", []) if isinstance(body, dict) else body
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-page") as pool:
+            ahead: Future[list[dict[str, Any]]] | None = pool.submit(contextvars.copy_context().run, fetch, None)
+            while ahead is not None:
+                tasks = ahead.result()
+                ahead = None
+                if not tasks:
+                    return
+                if len(tasks) == page_size:
+                    ahead = pool.submit(contextvars.copy_context().run, fetch, max(int(t["id"]) for t in tasks))
+                try:
+                    yield tasks
+                except GeneratorExit:
+                    if ahead is not None:
+                        ahead.cancel()
+                    raise
 
     def iter_stamp_pages(self, project_id: int, page_size: int = 5000) -> Iterator[list[dict[str, Any]]]:
         """Yield every task's stamp fields (:data:`STAMP_FIELDS`), a page at a time: the full scan."""
