@@ -182,20 +182,22 @@ class LabelStudioClient:
             )
         return LabelStudioError(f"Label Studio refused the request for {what} (HTTP {status}): {_body_text(exc.body)}", status)
 
+    def _send(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None, json_body: Any = None,
+              content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+        """One request through the SDK's HTTP client (its auth, base URL); an HTTP error raises ApiError."""
+        resp = self._http.request(path, method=method, params=params, json=json_body, content=content,
+                                  headers=headers, request_options={"max_retries": 0})
+        if resp.status_code >= 400:
+            try:
+                body: Any = resp.json()
+            except ValueError:
+                body = resp.text
+            raise ApiError(status_code=resp.status_code, body=body)
+        return resp
+
     def _raw(self, what: str, path: str, *, method: str = "GET", params: dict[str, Any] | None = None,
              json_body: Any = None) -> httpx.Response:
-        def once() -> httpx.Response:
-            resp = self._http.request(path, method=method, params=params, json=json_body,
-                                      request_options={"max_retries": 0})
-            if resp.status_code >= 400:
-                try:
-                    body: Any = resp.json()
-                except ValueError:
-                    body = resp.text
-                raise ApiError(status_code=resp.status_code, body=body)
-            return resp
-
-        return self.call(what, once)
+        return self.call(what, self._send, path, method=method, params=params, json_body=json_body)
 
     # --- projects ----------------------------------------------------------------------------
 
@@ -399,17 +401,9 @@ class LabelStudioClient:
         body = json.dumps(tasks, ensure_ascii=False).encode()
 
         def once() -> Any:
-            resp = self._http.request(f"api/projects/{int(project_id)}/import", method="POST",
-                                      params={"return_task_ids": "true"}, content=body,
-                                      headers={"Content-Type": "application/json"},
-                                      request_options={"max_retries": 0})
-            if resp.status_code >= 400:
-                try:
-                    payload: Any = resp.json()
-                except ValueError:
-                    payload = resp.text
-                raise ApiError(status_code=resp.status_code, body=payload)
-            return resp.json()
+            return self._send(f"api/projects/{int(project_id)}/import", method="POST",
+                              params={"return_task_ids": "true"}, content=body,
+                              headers={"Content-Type": "application/json"}).json()
 
         result = self._once(f"the import of {len(tasks)} tasks into project {project_id}", once)
         ids = list(result.get("task_ids") or [])
@@ -466,14 +460,7 @@ class LabelStudioClient:
                       selected_items={"all": False, "included": [int(i) for i in task_ids]})
 
     def _raw_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = self._http.request(path, method="POST", json=body, request_options={"max_retries": 0})
-        if resp.status_code >= 400:
-            try:
-                payload: Any = resp.json()
-            except ValueError:
-                payload = resp.text
-            raise ApiError(status_code=resp.status_code, body=payload)
-        return resp.json()
+        return self._send(path, method="POST", json_body=body).json()
 
 
 def _not_sent(exc: BaseException) -> bool:

@@ -34,6 +34,8 @@ from types import TracebackType
 
 import httpx
 
+from .settings import environment
+
 __all__ = ["LABEL_STUDIO_VERSION", "LocalLabelStudio", "ensure_venv", "free_port"]
 
 LABEL_STUDIO_VERSION = "1.23.2"
@@ -106,7 +108,7 @@ def ensure_venv(venv: Path, version: str = LABEL_STUDIO_VERSION, log: Callable[[
                 raise RuntimeError(f"python -m venv {venv} failed: {result.stderr.strip()}")
         log_path = venv / _PIP_LOG
         log(f"Installing label-studio=={version} into {venv} (a few minutes; log: {log_path})")
-        env = _clean_env(os.environ)
+        env = _clean_env(environment())
         env.pop("PIP_REQUIRE_VIRTUALENV", None)
         with open(log_path, "a") as out:
             out.write(f"\n=== pip install label-studio=={version} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
@@ -224,7 +226,7 @@ class LocalLabelStudio:
         path.chmod(0o600)
 
     def _env(self) -> dict[str, str]:
-        env = _clean_env(os.environ)
+        env = _clean_env(environment())
         env.update(
             {
                 "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),

@@ -264,3 +264,9 @@ def server_venv_override(env: dict[str, str] | None = None) -> str | None:
     """Where tests and benchmarks keep the Label Studio server's virtualenv (``LS_SPACE_SYNC_TEST_LS_VENV``)."""
     env = os.environ if env is None else env
     return env.get("LS_SPACE_SYNC_TEST_LS_VENV")
+
+
+def environment() -> dict[str, str]:
+    """A copy of this process's environment, for the environment of a child process (the local
+    Label Studio server); the only other place besides :func:`load_settings` that reads it."""
+    return dict(os.environ)

@@ -146,7 +146,7 @@ def test_daemon_keeps_its_jobs_and_runs_in_postgres(tmp_path, label_studio, proj
             ids = sorted(r[0] for r in conn.execute(text("select id from apscheduler_jobs")))
             trigger = conn.execute(text("select trigger from sync_runs")).scalar_one()
         engine.dispose()
-        assert ids == [f"sync-{project}", f"webhook-{project}"]
+        assert ids == [f"compact-{project}", f"sync-{project}", f"webhook-{project}"]  # compaction: daily by default
         assert trigger == "schedule"
         assert daemon.health()["projects"][str(project)]["last_run"]["status"] == SUCCEEDED
     finally:
