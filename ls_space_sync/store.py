@@ -7,7 +7,7 @@ transaction, then tagged. Lance commits are atomic: a process killed mid-run lea
 its last version. Two writers on one dataset = last writer wins, so callers hold
 :func:`project_lock` around every write.
 
-Rows are staged on disk (Arrow IPC, memory-mapped on read) while pages arrive, so a sync holds
+Rows are staged on disk (Arrow IPC, read back batch by batch) while pages arrive, so a sync holds
 one page of tasks in memory, not the project.
 """
 
@@ -77,7 +77,7 @@ def project_lock(root: Path, project_id: int) -> Iterator[None]:
 
 
 class Staging:
-    """Rows of one run, written page by page to an Arrow IPC file, read back memory-mapped."""
+    """Rows of one run, written page by page to an Arrow IPC file, read back a batch at a time."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.path = path
@@ -102,7 +102,8 @@ class Staging:
         self._finish()
         if self.rows == 0:
             return pa.RecordBatchReader.from_batches(self.schema, iter(()))
-        source = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
+        # Read, not memory-mapped: mapped pages of the whole file would count in the RSS of a large sync.
+        source = pa.ipc.open_file(pa.OSFile(str(self.path), "rb"))
         batches = (source.get_batch(i) for i in range(source.num_record_batches))
         return pa.RecordBatchReader.from_batches(self.schema, batches)
 
