@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -234,11 +234,13 @@ class _RunPlan:
         self.seen: set[int] = set()
         self.scanned = self.stored_count == 0  # a first sync lists every task: it is a full scan
         self.done = 0
+        self.all_stamps: dict[int, Any] | None = None  # every stored stamp, once a full scan read them
 
     def _stage(self, page: list[dict[str, Any]]) -> None:
         _check_page(page, self.project_id)
         stamps = {t["id"]: stamp_of(t) for t in page}
-        page_changes = classify(self.store.stamps(list(stamps)), stamps)
+        stored = self.all_stamps if self.all_stamps is not None else self.store.stamps(list(stamps))
+        page_changes = classify(stored, stamps)
         wanted = set(page_changes.upserts)
         if wanted:
             self.staging.write(tasks_to_table([t for t in page if t["id"] in wanted], self.schema, self.run.run_id))
@@ -268,7 +270,8 @@ class _RunPlan:
         for page in self.client.iter_stamp_pages(self.project_id, page_size=self.cfg.scan_page_size):
             _check_page(page, self.project_id)
             server.update((t["id"], stamp_of(t)) for t in page)
-        to_fetch, self.changes.deletes = full_scan_plan(self.store.stamps(), server, done=self.seen)
+        self.all_stamps = self.store.stamps()
+        to_fetch, self.changes.deletes = full_scan_plan(self.all_stamps, server, done=self.seen)
         if to_fetch:
             for page in self.client.iter_task_pages(self.project_id, ids=to_fetch, page_size=self.cfg.page_size,
                                                     include=self.include):
