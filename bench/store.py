@@ -11,10 +11,11 @@ it (``ProjectStore.commit`` of ``records.tasks_to_table`` rows with the run's pr
   ``cleanup_old_versions``, refusing to drop a tagged file) vs the same anchor; a few tags are
   read back in full and their row counts checked.
 
-One extra run is profiled (``profile-store.txt``). ``--compact-every M`` measures a remedy: every
-M runs the small fragments are merged (``compact_files`` with the knobs of
-``maintenance.compact_project``, all tags kept, nothing cleaned up); compaction time is reported
-apart from commit time.
+Each run first does what a sync run does before its commit: merge the small fragments when there
+are more than ``compaction.max_small_fragments`` of them (``maintenance.merge_small_fragments``;
+default from the settings, ``--max-small-fragments 0`` turns it off to measure the store alone).
+A run's commit time includes its merge, if it had one; merges are also reported on their own.
+One extra run is profiled (``profile-store.txt``).
 """
 
 from __future__ import annotations
@@ -66,12 +67,12 @@ def _props(seq: int, counts: dict[str, int], when: datetime) -> dict[str, str]:
 def run(env: BenchEnv) -> list[Row]:
     """Build the dataset, commit R runs, measure disk before and after compaction."""
     n, runs = env.tasks, getattr(env.args, "store_runs", 1000)
-    compact_every = getattr(env.args, "compact_every", 0)
-    target_rows = getattr(env.args, "compact_target_rows", None) or maintenance.TARGET_ROWS_PER_FRAGMENT
-    compactions: list[float] = []
     data_dir = env.work / "store-bench"
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = load_settings(config_path=os.devnull, env={}, overrides={"data_dir": str(data_dir)})
+    over = getattr(env.args, "max_small_fragments", None)
+    over = settings.compaction.max_small_fragments if over is None else (over or None)
+    merges: list[float] = []
     store = ProjectStore(settings.resolved_store_root, PROJECT)
     schema = schema_for(data_keys(LABEL_CONFIG))
     rng = random.Random(4)
@@ -100,6 +101,10 @@ def run(env: BenchEnv) -> list[Row]:
                               schema, f"bench-{seq:06d}")
         counts = {"inserted": INSERTS, "updated": UPDATES, "deleted": DELETES}
         with timer() as tc:
+            with timer() as tm:
+                merged = maintenance.merge_small_fragments(store, over)
+            if merged:
+                merges.append(tm["s"])
             version, _ = store.commit(_reader(rows), deleted, _props(seq, counts, when))
         with timer() as tt:
             store.tag(f"run-{seq:06d}", version)
@@ -112,14 +117,9 @@ def run(env: BenchEnv) -> list[Row]:
 
     for seq in range(1, runs + 1):
         one_run(seq)
-        if compact_every and seq % compact_every == 0:
-            with timer() as tk:
-                store.dataset().optimize.compact_files(
-                    target_rows_per_fragment=target_rows,
-                    materialize_deletions_threshold=maintenance.MATERIALIZE_DELETIONS_THRESHOLD)
-            compactions.append(tk["s"])
         if seq % 100 == 0:
-            log(f"store: {seq} runs; last commit {commit_s[-1] * 1000:.0f} ms, tag {tag_s[-1] * 1000:.0f} ms")
+            log(f"store: {seq} runs; last commit {commit_s[-1] * 1000:.0f} ms, tag {tag_s[-1] * 1000:.0f} ms, "
+                f"{len(store.dataset().get_fragments())} fragments, {len(merges)} merges so far")
     with profiled(env.out / "profile-store.txt"):
         one_run(runs + 1)
     last_tag = f"run-{runs + 1:06d}"
@@ -157,9 +157,9 @@ def run(env: BenchEnv) -> list[Row]:
         "tagged_by_folder": tagged_parts, "compacted_by_folder": compacted_parts,
         "table_bytes": table_bytes, "compacted_bytes": compacted_bytes, "compacted_files": compacted_files,
         "compaction": report, "compaction_seconds": tcomp["s"], "tags_checked": checked,
-        "compact_every": compact_every, "compact_target_rows": target_rows, "periodic_compaction_seconds": compactions,
+        "max_small_fragments": over, "merge_seconds": merges,
     }
-    variant = f", compaction every {compact_every} runs to {target_rows:,}-row fragments" if compact_every else ""
+    variant = f", merge over {over} small fragments" if over else ", no merges"
     return [
         Row("store", f"commit time, runs {runs - 9}-{runs} vs runs 1-10 (median, {n:,} tasks{variant})", last * 1000,
             first * 1000, "ms", 1.5, raw=raw),
@@ -169,16 +169,17 @@ def run(env: BenchEnv) -> list[Row]:
             table_bytes / 1e6, "MB", 2.5),
         Row("store", "disk after compaction, all tags kept, vs the table alone", compacted_bytes / 1e6,
             table_bytes / 1e6, "MB", 2.5),
-    ] + ([Row("store", f"periodic compaction time per run (every {compact_every} runs) vs a commit of runs 1-10",
-              sum(compactions) / runs * 1000, first * 1000, "ms", None)] if compactions else [])
+        Row("store", f"  mean commit time of all {runs} runs (merges included) vs runs 1-10",
+            sum(commit_s) / len(commit_s) * 1000, first * 1000, "ms", None),
+    ] + ([Row("store", f"  slowest of the {len(merges)} merges vs a commit of runs 1-10",
+              max(merges) * 1000, first * 1000, "ms", None)] if merges else [])
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-runs", type=int, default=1000, help="synthetic runs to commit (default 1000)")
-    parser.add_argument("--compact-every", type=int, default=0,
-                        help="merge small fragments every M runs, all tags kept (default 0: never)")
-    parser.add_argument("--compact-target-rows", type=int, default=None,
-                        help="target_rows_per_fragment of that compaction (default: maintenance's)")
+    parser.add_argument("--max-small-fragments", type=int, default=None,
+                        help="merge before a run's commit when more small fragments than this "
+                             "(default: the settings' compaction.max_small_fragments; 0: never)")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,53 @@ def _check_cleanup_keeps_tags(store: ProjectStore, older_than: timedelta) -> dic
     return {"versions": stats.old_versions, "bytes": stats.bytes_removed}
 
 
+def _compact_files(ds: lance.LanceDataset) -> Any:
+    """Lance's ``compact_files`` with this module's targets; commits one version with the same rows."""
+    return ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT,
+                                     materialize_deletions_threshold=MATERIALIZE_DELETIONS_THRESHOLD)
+
+
+def small_fragments(ds: lance.LanceDataset) -> int:
+    """How many of the version's fragments hold fewer than :data:`TARGET_ROWS_PER_FRAGMENT` rows.
+
+    Read from the manifest (``physical_rows``, deleted rows included); no data file is opened.
+    """
+    return sum(1 for f in ds.get_fragments() if f.metadata.physical_rows < TARGET_ROWS_PER_FRAGMENT)
+
+
+def merge_small_fragments(store: ProjectStore, over: int | None) -> dict[str, int] | None:
+    """Merge the latest version's small fragments if there are more than ``over`` of them.
+
+    Called by a sync run before its commit, under the project's lock (the caller holds it). Each
+    run adds a fragment and Lance's ``merge_insert`` visits every fragment, so without this a
+    run's commit grows with the number of runs since the last compaction (measured: 31 ms at
+    run 1, 740 ms at run 900 on 20,000 tasks; bench/store.py). The merge is the first step of
+    :func:`compact_project` alone: no tag is pruned and no version removed. It commits one
+    untagged version with the same rows, so the run's own version (the next one) stays the
+    latest and tagged; a crash between the two leaves the same rows as the last good version.
+
+    Args:
+        store: the project's store.
+        over: merge when more than this many small fragments; ``None`` never merges.
+
+    Returns:
+        ``None`` if nothing was merged, else ``{"small_fragments", "fragments_removed",
+        "fragments_added", "version"}`` (the merge's version).
+    """
+    if over is None or not store.exists():
+        return None
+    ds = store.dataset()
+    small = small_fragments(ds)
+    if small <= over:
+        return None
+    metrics = _compact_files(ds)
+    version = store.dataset().version
+    log.info("project %s: merged %s small fragments into %s (version %s)", store.project_id,
+             metrics.fragments_removed, metrics.fragments_added, version)
+    return {"small_fragments": small, "fragments_removed": metrics.fragments_removed,
+            "fragments_added": metrics.fragments_added, "version": version}
+
+
 def compact_project(
     settings: Settings,
     project_id: int,
@@ -195,8 +242,7 @@ def compact_project(
         for name in prune:
             ds.tags.delete(name)
             fingerprints.pop(name)
-        metrics = ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT,
-                                            materialize_deletions_threshold=MATERIALIZE_DELETIONS_THRESHOLD)
+        metrics = _compact_files(ds)
         log.info("project %s: compaction removed %s fragments, added %s", project_id,
                  metrics.fragments_removed, metrics.fragments_added)
         _check_cleanup_keeps_tags(store, older_than)

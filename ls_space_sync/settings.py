@@ -101,6 +101,9 @@ class CompactionSettings(_Section):
     retention_seconds: float = Field(7 * 86400.0, ge=0)  # untagged versions older than this are removed
     keep_tags_days: float | None = Field(None, gt=0)  # prune run tags older than this
     keep_tags_count: int | None = Field(None, gt=0)  # keep only the newest N run tags
+    # A sync run first merges the small fragments (one per earlier run) when there are more than
+    # this many, so its commit stays flat between compactions (None: only compaction merges).
+    max_small_fragments: int | None = Field(50, gt=0)
 
 
 class MirrorSettings(_Section):

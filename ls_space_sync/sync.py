@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from .changes import ChangeSet, classify, full_scan_plan, stamp_of
 from .logs import register_secret, run_context
+from .maintenance import merge_small_fragments
 from .labelstudio import CORE_TASK_FIELDS, LabelStudioClient, ProjectInfo
 from .records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
 from .settings import Settings
@@ -218,6 +219,7 @@ class _RunPlan:
     def __init__(self, syncer: Syncer, run: SyncRun, store: ProjectStore, info: ProjectInfo, schema: pa.Schema,
                  progress: Callable[[int, int | None], None] | None):
         self.cfg = syncer.settings.sync
+        self.merge_over = syncer.settings.compaction.max_small_fragments
         self.client = syncer.client
         self.run, self.store, self.info, self.schema, self.progress = run, store, info, schema, progress
         self.project_id = info.id
@@ -289,6 +291,11 @@ class _RunPlan:
             "counts": json.dumps(self.changes.counts),
             "label_config": self.info.label_config,
         }
+        try:
+            merge_small_fragments(self.store, self.merge_over)
+        except (OSError, RuntimeError, ValueError) as exc:  # an optimization: the run goes on without it
+            log.warning("project %s: merging small fragments failed, committing without it: %s",
+                        self.project_id, exc)
         done = self.store.commit(self.staging.reader(), self.changes.deletes, props)
         return None if done is None else done[0]
 

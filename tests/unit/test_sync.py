@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import respx
 
+from ls_space_sync.maintenance import small_fragments
 from ls_space_sync.labelstudio import AuthError, LabelStudioClient, NotFound, ServerUnavailable
 from ls_space_sync.records import table_to_tasks
 from ls_space_sync.settings import load_settings
@@ -20,11 +23,11 @@ def fake():
         yield FakeLabelStudio().mount(router)
 
 
-def make_syncer(tmp_path, **sync):
+def make_syncer(tmp_path, compaction=None, **sync):
     settings = load_settings(
         env={"LABEL_STUDIO_URL": URL, "LABEL_STUDIO_API_KEY": KEY},
         overrides={"data_dir": str(tmp_path), "projects": [1], "sync": {"page_size": 10, "lag_seconds": 5, **sync},
-                   "label_studio": {"retries": 2, "retry_max_wait_seconds": 0.01}},
+                   "label_studio": {"retries": 2, "retry_max_wait_seconds": 0.01}, "compaction": compaction or {}},
     )
     return Syncer(settings)
 
@@ -74,6 +77,27 @@ def test_changes_are_one_version_with_exact_counts(tmp_path, fake):
     # the older tag still reads what the server held then
     old = {t["id"] for t in table_to_tasks(syncer.store(1).dataset("run-000001").to_table())}
     assert old == set(range(1, 13))
+
+
+def test_runs_merge_small_fragments_and_every_tag_still_reads(tmp_path, fake):
+    for i in range(6):
+        fake.add(f"t{i}")
+    syncer = make_syncer(tmp_path, compaction={"max_small_fragments": 3}, full_scan_every=0)
+    syncer.run_once(1)
+    held = {"run-000001": copy.deepcopy(fake.tasks)}
+    for run in range(2, 10):
+        fake.tick(60)
+        fake.touch(run % 6 + 1, text=f"edit {run}")
+        result = syncer.run_once(1)
+        assert result.updated == 1
+        held[result.tag] = copy.deepcopy(fake.tasks)
+        store = syncer.store(1)
+        assert small_fragments(store.dataset()) <= 4  # the 3 allowed + the one this run added
+        assert store.tags()[result.tag] == store.version()  # the run's own version is the latest
+    ds = syncer.store(1).dataset()
+    assert len(ds.versions()) > 9  # merges committed versions of their own, untagged
+    for tag, tasks in held.items():
+        assert {t["id"]: t for t in table_to_tasks(syncer.store(1).dataset(tag).to_table())} == tasks, tag
 
 
 def test_reused_id_is_a_replace_not_an_update(tmp_path, fake):
