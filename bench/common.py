@@ -201,6 +201,67 @@ def profiled(path: Path | None) -> Iterator[None]:
         path.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
 
 
+@contextlib.contextmanager
+def server_profiled(env: BenchEnv, path: Path | None, rate: int = 100) -> Iterator[None]:
+    """Sample the Label Studio server process with py-spy while the block runs (``rate`` per second).
+
+    Writes ``path`` (collapsed stacks, ``py-spy record --format raw``) and ``path.with_suffix(".top.txt")``
+    (:func:`summarize_stacks`). A no-op if ``path`` is ``None`` or py-spy is not installed (the
+    ``bench`` extra installs it; it needs ptrace rights over the server, which a same-user child has).
+    """
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if path is None or env.server is None or not Path(spy).exists():
+        if path is not None:
+            log("py-spy not found: no server profile (pip install -e '.[bench]')")
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([spy, "record", "--pid", str(env.server.pid), "--rate", str(rate), "--format", "raw",
+                             "--output", str(path), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # attached before the block starts
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = "timed out"
+        if path.exists():
+            path.with_suffix(".top.txt").write_text(summarize_stacks(path))
+        else:
+            log(f"py-spy wrote no profile: {err.strip()[-300:]}")
+
+
+def summarize_stacks(path: Path, top: int = 30) -> str:
+    """The functions with the most samples under them (inclusive), from py-spy's collapsed stacks.
+
+    Each line of ``path`` is ``frame;frame;...;leaf count`` with frames ``function (file:line)``;
+    a function is counted once per stack even if it recurses. Idle samples (a thread waiting in
+    ``select``, ``accept``, ``sleep``, ``wait``) are left out of the total.
+    """
+    idle = ("select", "poll", "accept", "sleep", "wait", "_wait", "get_request", "serve_forever", "readinto")
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[-1].split(" (")[0] in idle:
+            continue
+        total += int(count)
+        for name in {f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1].rstrip(")") + ")"
+                     for f in frames if " (" in f}:
+            inclusive[name] = inclusive.get(name, 0) + int(count)
+    lines = [f"busy samples: {total} (idle waits left out)", f"{'share':>6}  function (file)"]
+    for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{n / max(total, 1):6.1%}  {name}")
+    return "\n".join(lines) + "\n"
+
+
 # --- the workload --------------------------------------------------------------------------------
 
 def _regions(rng: random.Random, kind: str) -> list[dict[str, Any]]:
@@ -517,5 +578,5 @@ def run_script(script: Path, args: list[str], timeout: float | None = None,
 __all__ = [
     "BenchEnv", "Row", "add_arguments", "ensure_synced", "format_table", "import_tasks", "label_studio",
     "load_project", "log", "machine_info", "main_for", "make_env", "median", "page_through", "profiled",
-    "server_shaped_tasks", "server_time_now", "timer", "updated_after_query", "wait_past_lag", "write_results",
+    "server_profiled", "server_shaped_tasks", "summarize_stacks", "server_time_now", "timer", "updated_after_query", "wait_past_lag", "write_results",
 ]

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import BenchEnv, Row, load_project, log, main_for, profiled, timer
+from common import BenchEnv, Row, load_project, log, main_for, profiled, server_profiled, timer
 
 HERE = Path(__file__).resolve()
 
@@ -111,7 +111,12 @@ def run(env: BenchEnv) -> list[Row]:
     small_pid = load_project(env, small_n)
     floor = sync_in_child(env, None)
     log(f"import-only child: peak RSS {floor['peak_rss_mb']:.0f} MB, {floor['rss_before_sync_mb']:.0f} MB after imports")
-    sync_in_child(env, small_pid, profile=env.out / "profile-first-sync.txt")  # profiled apart: not measured
+    # Profiled apart (not measured): our side with pyinstrument, the server's side with py-spy, and
+    # the server's export of the same project, to see where the task API spends what the export does not.
+    with server_profiled(env, env.out / "server-profile-first-sync.txt"):
+        sync_in_child(env, small_pid, profile=env.out / "profile-first-sync.txt")
+    with server_profiled(env, env.out / "server-profile-export.txt"):
+        export_project(env, small_pid)
     small = sync_in_child(env, small_pid)
     log(f"first sync of {small_n:,} tasks: {small['seconds']:.1f} s, peak RSS {small['peak_rss_mb']:.0f} MB")
     export = export_project(env, env.project_id)

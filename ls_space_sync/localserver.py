@@ -248,6 +248,11 @@ class LocalLabelStudio:
         env.update(self.extra_env)
         return env
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server started by `start()` (``None`` when not running)."""
+        return self._process.pid if self.is_running() else None
+
     def is_running(self) -> bool:
         """Return True while the server process started by `start()` is alive."""
         return self._process is not None and self._process.poll() is None
