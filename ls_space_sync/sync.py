@@ -7,7 +7,10 @@ Poll plan, cheapest first (Label Studio is the bottleneck; label-studio-facts.md
 1. ``GET /api/projects/{id}``: task count, label config, and the server clock, which fixes the
    run's *signpost* = server time at start - ``lag_seconds``.
 2. Tasks with ``updated_at`` > stored cursor, full objects, keyset-paged by id. Each page is
-   classified against the stored stamps and only changed tasks are staged on disk.
+   classified against the stored stamps and only changed tasks are staged on disk. Once the
+   dataset exists, 1 and 2 go out together (neither needs the other's answer): the server time
+   of 1 is then taken back by the time its answer took to arrive, so the signpost still falls
+   before the moment 2 was sent.
 3. If the server's task count differs from stored + new (or every ``full_scan_every`` runs): a
    full scan of stamps (a few keys per task) finds hard deletes, reused ids and counter-only
    changes (bulk prediction imports do not move ``updated_at``); those tasks are fetched in full.
@@ -22,10 +25,13 @@ run's bookkeeping instead of writing the data again.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -160,15 +166,21 @@ class Syncer:
              progress: Callable[[int, int | None], None] | None, requests_before: int,
              after_commit: Callable[[], None] | None) -> RunResult:
         store = self.store(project_id)
-        info = self.client.project(project_id)
-        schema = store.schema() or schema_for(data_keys(info.label_config))
-        missing = set(data_keys(info.label_config)) - set(data_columns(schema))
-        if store.exists() and missing:
-            log.warning("project %s: the label config reads data keys with no typed field in the dataset "
-                        "(%s); they are kept in data_json", project_id, ", ".join(sorted(missing)))
-        plan = _RunPlan(self, run, store, info, schema, progress)
+        fetch: Callable[[], None]
+        if store.exists():
+            plan = _RunPlan(self, run, store, project_id, store.schema(), progress)
+            fetch = lambda: self._read_project_while(plan.fetch_changed, plan)  # noqa: E731
+        else:  # a first sync: the label config gives the schema the pages are staged with
+            info = self.client.project(project_id)
+            plan = _RunPlan(self, run, store, project_id, schema_for(data_keys(info.label_config)), progress)
+            plan.set_project(info, read_seconds=0.0)
+            fetch = plan.fetch_changed
         try:
-            plan.fetch_changed()
+            fetch()
+            missing = set(data_keys(plan.project.label_config)) - set(data_columns(plan.schema))
+            if missing:
+                log.warning("project %s: the label config reads data keys with no typed field in the dataset "
+                            "(%s); they are kept in data_json", project_id, ", ".join(sorted(missing)))
             plan.full_scan_if_needed(force_scan)
             commit = plan.commit()
         finally:
@@ -188,6 +200,29 @@ class Syncer:
             requests=self.client.requests - requests_before, **plan.changes.counts,
         )
         return _result(finished, project_id)
+
+    def _read_project_while(self, fetch: Callable[[], None], plan: "_RunPlan") -> None:
+        """Read the project (``GET /api/projects/{id}``) in a thread while ``fetch()`` runs.
+
+        The project read's server time (its Date header) can be stamped after ``fetch`` sent its
+        first request, so it is taken back by the whole time from before either request went
+        out to the project's answer: the signpost then falls before the fetch was sent, as it
+        does when the two run one after the other. Errors of the project read (a missing project
+        answers the task list with an empty 404) are raised after ``fetch`` returns.
+        """
+        started = time.monotonic()
+
+        def read() -> tuple[ProjectInfo, float]:
+            info = self.client.project(plan.project_id)
+            return info, time.monotonic() - started
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-project") as pool:
+            future = pool.submit(contextvars.copy_context().run, read)
+            try:
+                fetch()
+            finally:
+                info, seconds = future.result()  # a fetch error wins; this waits for the thread either way
+        plan.set_project(info, read_seconds=seconds)
 
     def _recover(self, project_id: int) -> list[str]:
         """Finish the bookkeeping of runs whose process died (we hold the lock, so none is alive)."""
@@ -216,19 +251,18 @@ class Syncer:
 class _RunPlan:
     """The state of one run between its project read and its commit."""
 
-    def __init__(self, syncer: Syncer, run: SyncRun, store: ProjectStore, info: ProjectInfo, schema: pa.Schema,
+    def __init__(self, syncer: Syncer, run: SyncRun, store: ProjectStore, project_id: int, schema: pa.Schema,
                  progress: Callable[[int, int | None], None] | None):
         self.cfg = syncer.settings.sync
         self.merge_over = syncer.settings.compaction.max_small_fragments
         self.client = syncer.client
-        self.run, self.store, self.info, self.schema, self.progress = run, store, info, schema, progress
-        self.project_id = info.id
+        self.run, self.store, self.schema, self.progress = run, store, schema, progress
+        self.project_id = project_id
+        self.info: ProjectInfo | None = None  # set_project(), before a full scan or the commit
+        self.signpost = datetime.min  # set_project()
         self.tag = tag_name(run.seq)
         self.include = None if self.cfg.task_fields == "all" else CORE_TASK_FIELDS
-        # The signpost: the server's clock at the start, minus the lag that covers transactions
-        # still committing. The cursor never moves past it.
-        self.signpost = info.server_time - timedelta(seconds=self.cfg.lag_seconds)
-        self.cursor = syncer.state.cursor(info.id)
+        self.cursor = syncer.state.cursor(project_id)
         # Stamps are read per page on the cheap path, and all at once only for a full scan.
         self.stored_count = store.count()
         self.staging = Staging(staging_dir(syncer.root) / f"{run.run_id}.arrow", schema)
@@ -237,6 +271,23 @@ class _RunPlan:
         self.scanned = self.stored_count == 0  # a first sync lists every task: it is a full scan
         self.done = 0
         self.all_stamps: dict[int, Any] | None = None  # every stored stamp, once a full scan read them
+
+    @property
+    def project(self) -> ProjectInfo:
+        """The project read (:meth:`set_project` has been called)."""
+        if self.info is None:
+            raise RuntimeError("the project has not been read yet")
+        return self.info
+
+    def set_project(self, info: ProjectInfo, read_seconds: float) -> None:
+        """Take the project read: its task count, label config and the run's signpost.
+
+        The signpost is the server's clock when the run started (the Date header, less
+        ``read_seconds`` if the read went out alongside the fetch), minus the lag that covers
+        transactions still committing. The cursor never moves past it.
+        """
+        self.info = info
+        self.signpost = info.server_time - timedelta(seconds=self.cfg.lag_seconds + read_seconds)
 
     def _stage(self, page: list[dict[str, Any]]) -> None:
         _check_page(page, self.project_id)
@@ -250,7 +301,7 @@ class _RunPlan:
         self.seen.update(stamps)
         self.done += len(page)
         if self.progress:
-            self.progress(self.done, None if self.stored_count else self.info.task_number)
+            self.progress(self.done, None if self.stored_count or self.info is None else self.info.task_number)
 
     def fetch_changed(self) -> None:
         """Stage every task updated after the cursor (every task, on a first sync)."""
@@ -265,7 +316,7 @@ class _RunPlan:
             return
         expected = self.stored_count + len(self.changes.inserts)
         due = self.cfg.full_scan_every > 0 and self.cursor.runs_since_full_scan + 1 >= self.cfg.full_scan_every
-        if not (force or due or expected != self.info.task_number):
+        if not (force or due or expected != self.project.task_number):
             return
         self.scanned = True
         server: dict[int, Any] = {}
@@ -289,7 +340,7 @@ class _RunPlan:
             "cursor": self.signpost.isoformat(),
             "full_scan": json.dumps(self.scanned),
             "counts": json.dumps(self.changes.counts),
-            "label_config": self.info.label_config,
+            "label_config": self.project.label_config,
         }
         try:
             merge_small_fragments(self.store, self.merge_over)

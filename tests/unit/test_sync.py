@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+from datetime import timedelta
 
 import pytest
 import respx
@@ -186,6 +188,41 @@ def test_wrong_token_missing_project_and_server_errors(tmp_path, fake):
     with pytest.raises(ServerUnavailable):
         syncer.run_once(1)
     assert syncer.store(1).version() == 1  # the store stays at its last good version
+
+
+def test_project_read_goes_out_with_the_fetch_and_the_signpost_allows_for_it(tmp_path, fake, monkeypatch):
+    fake.add("a")
+    syncer = make_syncer(tmp_path, full_scan_every=0)
+    syncer.run_once(1)
+    fake.tick(60)
+    fake.touch(1, text="b")
+    read = syncer.client.project
+
+    def slow_read(project_id):  # the server answers the project read 0.3 s after the fetch went out
+        time.sleep(0.3)
+        return read(project_id)
+
+    monkeypatch.setattr(syncer.client, "project", slow_read)
+    fake.calls.clear()
+    started = time.monotonic()
+    result = syncer.run_once(1)
+    assert result.updated == 1
+    assert [c.url.path for c in fake.calls] == ["/api/tasks/", "/api/projects/1/"]  # the fetch did not wait
+    assert time.monotonic() - started < 0.3 + 0.3 * 0.9  # the two overlapped
+    # Date said fake.now, stamped >= 0.3 s after the fetch was sent: the cursor is taken back by that too.
+    cursor = syncer.state.cursor(1).cursor
+    assert fake.now - timedelta(seconds=5 + 2) < cursor <= fake.now - timedelta(seconds=5 + 0.3)
+
+
+def test_project_gone_after_first_sync_fails_the_run_and_keeps_the_store(tmp_path, fake):
+    fake.add("a")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(1)
+    fake.project_id = 2  # project 1 is deleted on the server
+    with pytest.raises(NotFound, match="project 1 does not exist"):
+        syncer.run_once(1)
+    assert syncer.state.runs(1)[0].status == FAILED
+    assert syncer.store(1).version() == 1 and syncer.store(1).count() == 1
 
 
 def test_malformed_task_fails_the_run_and_loses_nothing(tmp_path, fake):
