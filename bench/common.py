@@ -240,9 +240,12 @@ def summarize_stacks(path: Path, top: int = 30) -> str:
 
     Each line of ``path`` is ``frame;frame;...;leaf count`` with frames ``function (file:line)``;
     a function is counted once per stack even if it recurses. Idle samples (a thread waiting in
-    ``select``, ``accept``, ``sleep``, ``wait``) are left out of the total.
+    ``select``, ``accept``, ``sleep``, ``wait``) are left out of the total, and so are the frames of
+    the server's plumbing (threads, WSGI, Django middleware), which sit above every request.
     """
     idle = ("select", "poll", "accept", "sleep", "wait", "_wait", "get_request", "serve_forever", "readinto")
+    plumbing = {"threading.py", "socketserver.py", "basehttp.py", "handlers.py", "wsgi.py", "middleware.py",
+                "exception.py", "deprecation.py", "csrf.py", "base.py", "utils.py", "decorators.py", "views.py"}
     inclusive: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
@@ -253,8 +256,13 @@ def summarize_stacks(path: Path, top: int = 30) -> str:
         if frames[-1].split(" (")[0] in idle:
             continue
         total += int(count)
-        for name in {f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1].rstrip(")") + ")"
-                     for f in frames if " (" in f}:
+        names = set()
+        for frame in frames:
+            function, _, where = frame.partition(" (")
+            file = where.split(":")[0].rstrip(")").rsplit("/", 1)[-1]
+            if where and file not in plumbing and "sentry" not in function:
+                names.add(f"{function} ({file})")
+        for name in names:
             inclusive[name] = inclusive.get(name, 0) + int(count)
     lines = [f"busy samples: {total} (idle waits left out)", f"{'share':>6}  function (file)"]
     for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:

@@ -73,6 +73,7 @@ def run(env: BenchEnv) -> list[Row]:
     over = getattr(env.args, "max_small_fragments", None)
     over = settings.compaction.max_small_fragments if over is None else (over or None)
     merges: list[float] = []
+    target_rows = getattr(env.args, "merge_target_rows", None) or maintenance.RUN_MERGE_TARGET_ROWS
     store = ProjectStore(settings.resolved_store_root, PROJECT)
     schema = schema_for(data_keys(LABEL_CONFIG))
     rng = random.Random(4)
@@ -102,7 +103,7 @@ def run(env: BenchEnv) -> list[Row]:
         counts = {"inserted": INSERTS, "updated": UPDATES, "deleted": DELETES}
         with timer() as tc:
             with timer() as tm:
-                merged = maintenance.merge_small_fragments(store, over)
+                merged = maintenance.merge_small_fragments(store, over, target_rows)
             if merged:
                 merges.append(tm["s"])
             version, _ = store.commit(_reader(rows), deleted, _props(seq, counts, when))
@@ -157,9 +158,9 @@ def run(env: BenchEnv) -> list[Row]:
         "tagged_by_folder": tagged_parts, "compacted_by_folder": compacted_parts,
         "table_bytes": table_bytes, "compacted_bytes": compacted_bytes, "compacted_files": compacted_files,
         "compaction": report, "compaction_seconds": tcomp["s"], "tags_checked": checked,
-        "max_small_fragments": over, "merge_seconds": merges,
+        "max_small_fragments": over, "merge_target_rows": target_rows, "merge_seconds": merges,
     }
-    variant = f", merge over {over} small fragments" if over else ", no merges"
+    variant = f", merges past {over} fragments under {target_rows:,} rows" if over else ", no merges"
     return [
         Row("store", f"commit time, runs {runs - 9}-{runs} vs runs 1-10 (median, {n:,} tasks{variant})", last * 1000,
             first * 1000, "ms", 1.5, raw=raw),
@@ -180,6 +181,8 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-small-fragments", type=int, default=None,
                         help="merge before a run's commit when more small fragments than this "
                              "(default: the settings' compaction.max_small_fragments; 0: never)")
+    parser.add_argument("--merge-target-rows", type=int, default=None,
+                        help="rows per merged fragment (default: maintenance.RUN_MERGE_TARGET_ROWS)")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ TARGET_ROWS_PER_FRAGMENT = 20_000
 # deletes the old row). Lance's default, 10%, would rewrite a first load after a few busy days,
 # for the same reason at the same cost.
 MATERIALIZE_DELETIONS_THRESHOLD = 0.5
+# What a sync run's own merge builds (merge_small_fragments): smaller than the compaction's target,
+# so a merged fragment stops being rewritten after a few merges. Each rewrite is a copy that the
+# tags of the runs in between keep on disk.
+RUN_MERGE_TARGET_ROWS = 5_000
 
 
 def disk_usage(path: str | Path) -> tuple[int, int]:
@@ -134,21 +138,22 @@ def _check_cleanup_keeps_tags(store: ProjectStore, older_than: timedelta) -> dic
     return {"versions": stats.old_versions, "bytes": stats.bytes_removed}
 
 
-def _compact_files(ds: lance.LanceDataset) -> Any:
+def _compact_files(ds: lance.LanceDataset, target_rows: int = TARGET_ROWS_PER_FRAGMENT) -> Any:
     """Lance's ``compact_files`` with this module's targets; commits one version with the same rows."""
-    return ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT,
+    return ds.optimize.compact_files(target_rows_per_fragment=target_rows,
                                      materialize_deletions_threshold=MATERIALIZE_DELETIONS_THRESHOLD)
 
 
-def small_fragments(ds: lance.LanceDataset) -> int:
-    """How many of the version's fragments hold fewer than :data:`TARGET_ROWS_PER_FRAGMENT` rows.
+def small_fragments(ds: lance.LanceDataset, under: int = TARGET_ROWS_PER_FRAGMENT) -> int:
+    """How many of the version's fragments hold fewer than ``under`` rows.
 
     Read from the manifest (``physical_rows``, deleted rows included); no data file is opened.
     """
-    return sum(1 for f in ds.get_fragments() if f.metadata.physical_rows < TARGET_ROWS_PER_FRAGMENT)
+    return sum(1 for f in ds.get_fragments() if f.metadata.physical_rows < under)
 
 
-def merge_small_fragments(store: ProjectStore, over: int | None) -> dict[str, int] | None:
+def merge_small_fragments(store: ProjectStore, over: int | None,
+                          target_rows: int = RUN_MERGE_TARGET_ROWS) -> dict[str, int] | None:
     """Merge the latest version's small fragments if there are more than ``over`` of them.
 
     Called by a sync run before its commit, under the project's lock (the caller holds it). Each
@@ -161,7 +166,9 @@ def merge_small_fragments(store: ProjectStore, over: int | None) -> dict[str, in
 
     Args:
         store: the project's store.
-        over: merge when more than this many small fragments; ``None`` never merges.
+        over: merge when more than this many fragments hold under ``target_rows`` rows; ``None``
+            never merges.
+        target_rows: merge those into fragments of up to this many rows.
 
     Returns:
         ``None`` if nothing was merged, else ``{"small_fragments", "fragments_removed",
@@ -170,10 +177,10 @@ def merge_small_fragments(store: ProjectStore, over: int | None) -> dict[str, in
     if over is None or not store.exists():
         return None
     ds = store.dataset()
-    small = small_fragments(ds)
+    small = small_fragments(ds, under=target_rows)
     if small <= over:
         return None
-    metrics = _compact_files(ds)
+    metrics = _compact_files(ds, target_rows)
     version = store.dataset().version
     log.info("project %s: merged %s small fragments into %s (version %s)", store.project_id,
              metrics.fragments_removed, metrics.fragments_added, version)

@@ -103,7 +103,7 @@ class CompactionSettings(_Section):
     keep_tags_count: int | None = Field(None, gt=0)  # keep only the newest N run tags
     # A sync run first merges the small fragments (one per earlier run) when there are more than
     # this many, so its commit stays flat between compactions (None: only compaction merges).
-    max_small_fragments: int | None = Field(50, gt=0)
+    max_small_fragments: int | None = Field(20, gt=0)
 
 
 class MirrorSettings(_Section):
