@@ -138,18 +138,21 @@ def _check_cleanup_keeps_tags(store: ProjectStore, older_than: timedelta) -> dic
     return {"versions": stats.old_versions, "bytes": stats.bytes_removed}
 
 
-def _compact_files(ds: lance.LanceDataset, target_rows: int = TARGET_ROWS_PER_FRAGMENT) -> Any:
-    """Lance's ``compact_files`` with this module's targets; commits one version with the same rows."""
-    return ds.optimize.compact_files(target_rows_per_fragment=target_rows,
+def _compact_files(ds: lance.LanceDataset, target_rows: int | None = None) -> Any:
+    """Lance's ``compact_files`` with this module's targets (rows: :data:`TARGET_ROWS_PER_FRAGMENT`
+    unless given); commits one version with the same rows."""
+    return ds.optimize.compact_files(target_rows_per_fragment=target_rows or TARGET_ROWS_PER_FRAGMENT,
                                      materialize_deletions_threshold=MATERIALIZE_DELETIONS_THRESHOLD)
 
 
-def small_fragments(ds: lance.LanceDataset, under: int = TARGET_ROWS_PER_FRAGMENT) -> int:
-    """How many of the version's fragments hold fewer than ``under`` rows.
+def small_fragments(ds: lance.LanceDataset, under: int | None = None) -> int:
+    """How many of the version's fragments hold fewer than ``under`` rows (default
+    :data:`TARGET_ROWS_PER_FRAGMENT`).
 
     Read from the manifest (``physical_rows``, deleted rows included); no data file is opened.
     """
-    return sum(1 for f in ds.get_fragments() if f.metadata.physical_rows < under)
+    limit = under or TARGET_ROWS_PER_FRAGMENT
+    return sum(1 for f in ds.get_fragments() if f.metadata.physical_rows < limit)
 
 
 def merge_small_fragments(store: ProjectStore, over: int | None,
