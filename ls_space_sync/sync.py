@@ -29,7 +29,7 @@ import contextvars
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -220,8 +220,10 @@ class Syncer:
             future = pool.submit(contextvars.copy_context().run, read)
             try:
                 fetch()
-            finally:
-                info, seconds = future.result()  # a fetch error wins; this waits for the thread either way
+            except BaseException:
+                wait([future])  # the fetch's error is the one raised; the read's, if any, is dropped
+                raise
+            info, seconds = future.result()
         plan.set_project(info, read_seconds=seconds)
 
     def _recover(self, project_id: int) -> list[str]:

@@ -236,3 +236,13 @@ def test_malformed_task_fails_the_run_and_loses_nothing(tmp_path, fake):
         syncer.run_once(1)
     assert syncer.store(1).count() == 1
     assert syncer.state.runs(1)[0].status == FAILED
+
+
+def test_fetch_error_is_raised_when_both_requests_fail(tmp_path, fake):
+    fake.add("a")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(1)
+    fake.fail_next = [503] * 20  # both the project read and the fetch keep failing
+    with pytest.raises(ServerUnavailable, match="tasks of project 1"):
+        syncer.run_once(1)
+    assert syncer.store(1).version() == 1
