@@ -38,9 +38,9 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from .changes import ChangeSet, classify, full_scan_plan, stamp_of
+from .labelstudio import CORE_TASK_FIELDS, LabelStudioClient, ProjectInfo
 from .logs import register_secret, run_context
 from .maintenance import merge_small_fragments
-from .labelstudio import CORE_TASK_FIELDS, LabelStudioClient, ProjectInfo
 from .records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
 from .settings import Settings
 from .state import FAILED, SKIPPED, SUCCEEDED, StateDB, SyncRun
