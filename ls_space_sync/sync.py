@@ -169,7 +169,7 @@ class Syncer:
         fetch: Callable[[], None]
         if store.exists():
             plan = _RunPlan(self, run, store, project_id, store.schema(), progress)
-            fetch = lambda: self._read_project_while(plan.fetch_changed, plan)  # noqa: E731
+            fetch = lambda: self._read_project_while(plan)  # noqa: E731
         else:  # a first sync: the label config gives the schema the pages are staged with
             info = self.client.project(project_id)
             plan = _RunPlan(self, run, store, project_id, schema_for(data_keys(info.label_config)), progress)
@@ -201,14 +201,14 @@ class Syncer:
         )
         return _result(finished, project_id)
 
-    def _read_project_while(self, fetch: Callable[[], None], plan: "_RunPlan") -> None:
-        """Read the project (``GET /api/projects/{id}``) in a thread while ``fetch()`` runs.
+    def _read_project_while(self, plan: "_RunPlan") -> None:
+        """Read the project (``GET /api/projects/{id}``) in a thread while ``plan.fetch_changed()`` runs.
 
-        The project read's server time (its Date header) can be stamped after ``fetch`` sent its
+        The project read's server time (its Date header) can be stamped after the fetch sent its
         first request, so it is taken back by the whole time from before either request went
         out to the project's answer: the signpost then falls before the fetch was sent, as it
         does when the two run one after the other. Errors of the project read (a missing project
-        answers the task list with an empty 404) are raised after ``fetch`` returns.
+        answers the task list with an empty 404) are raised after the fetch returns.
         """
         started = time.monotonic()
 
@@ -219,7 +219,7 @@ class Syncer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-project") as pool:
             future = pool.submit(contextvars.copy_context().run, read)
             try:
-                fetch()
+                plan.fetch_changed()
             except BaseException:
                 wait([future])  # the fetch's error is the one raised; the read's, if any, is dropped
                 raise
@@ -261,7 +261,7 @@ class _RunPlan:
         self.run, self.store, self.schema, self.progress = run, store, schema, progress
         self.project_id = project_id
         self.info: ProjectInfo | None = None  # set_project(), before a full scan or the commit
-        self.signpost = datetime.min  # set_project()
+        self._read_seconds = 0.0
         self.tag = tag_name(run.seq)
         self.include = None if self.cfg.task_fields == "all" else CORE_TASK_FIELDS
         self.cursor = syncer.state.cursor(project_id)
@@ -282,14 +282,17 @@ class _RunPlan:
         return self.info
 
     def set_project(self, info: ProjectInfo, read_seconds: float) -> None:
-        """Take the project read: its task count, label config and the run's signpost.
+        """Take the project read: its task count, label config and server clock; ``read_seconds``
+        is how long after the fetch went out its Date header may have been stamped (0 when the
+        read came first)."""
+        self.info, self._read_seconds = info, read_seconds
 
-        The signpost is the server's clock when the run started (the Date header, less
-        ``read_seconds`` if the read went out alongside the fetch), minus the lag that covers
-        transactions still committing. The cursor never moves past it.
-        """
-        self.info = info
-        self.signpost = info.server_time - timedelta(seconds=self.cfg.lag_seconds + read_seconds)
+    @property
+    def signpost(self) -> datetime:
+        """The server's clock when the run started (the project read's Date, less the time the
+        read may have lagged the fetch), minus the lag that covers transactions still
+        committing. The cursor never moves past it."""
+        return self.project.server_time - timedelta(seconds=self.cfg.lag_seconds + self._read_seconds)
 
     def _stage(self, page: list[dict[str, Any]]) -> None:
         _check_page(page, self.project_id)
