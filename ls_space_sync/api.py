@@ -53,7 +53,7 @@ from .diff import VersionDiff, diff_versions, open_ref
 from .maintenance import compact_project
 from .records import format_ts, row_to_task
 from .settings import Settings, load_settings
-from .store import ProjectStore
+from .store import ProjectStore, check_filter
 
 Ref = str | int | None
 
@@ -123,8 +123,12 @@ def read_tasks(
     """Yield a version's tasks as Label Studio task JSON (``GET /api/tasks?fields=all`` shape).
 
     ``where`` is a SQL predicate on the stored columns, e.g. ``"is_labeled"``.
+
+    Raises:
+        StoreError: no dataset or no such version. BadFilter: ``where`` does not parse.
     """
     ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+    check_filter(ds, where)
     for batch in _export.task_batches(ds, where=where):
         for row in batch.to_pylist():
             yield row_to_task(row)
@@ -203,6 +207,7 @@ def export_version(
         MissingExtra: ``format="hf"`` without the ``hf`` extra.
     """
     ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+    check_filter(ds, where)
     options = {"regions": regions, "where": where, "source": source}
     if format == "parquet":
         return _export.write_parquet(ds, Path(path), **options)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import click
 
+from .errors import LsSpaceSyncError
 from .labelstudio import LabelStudioError
 from .logs import setup_logging
 from .settings import ConfigError, Settings, load_settings
@@ -53,7 +54,28 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Failure(click.ClickException):
+    """An :class:`LsSpaceSyncError` on its way out of click: ``error: <message>`` and its exit code."""
+
+    def __init__(self, exc: LsSpaceSyncError):
+        super().__init__(str(exc))
+        self.exit_code = exc.exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    """The command group: every package error becomes one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LsSpaceSyncError as exc:
+            raise _Failure(exc) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "-c", "config", metavar="FILE", help="YAML config (default: ./config.yaml if present).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Override data_dir (state.db and datasets/).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -114,7 +136,7 @@ def sync_projects(syncer: Any, project_ids: list[int], *, full_scan: bool = Fals
         try:
             result = syncer.run_once(pid, full_scan=full_scan, progress=advance)
             echo(result.summary())
-        except (LabelStudioError, StoreError, ProjectLocked, ValueError) as exc:
+        except (LsSpaceSyncError, ValueError) as exc:
             failed.append(pid)
             echo(f"project {pid}: FAILED: {exc}")
         finally:
@@ -270,9 +292,6 @@ def run() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
-    except ConfigError as exc:
+    except LsSpaceSyncError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except (LabelStudioError, StoreError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(exc.exit_code)

@@ -8,6 +8,11 @@ SDK's typed methods.
 Retries: connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
 jitter (``retries`` times, waits capped at ``max_wait`` seconds); 401/403 raise
 :class:`AuthError` and 404 :class:`NotFound` at once. Messages never contain the API key.
+
+Every answer is checked against the shape its endpoint documents before anyone reads it: a body
+that is not JSON (truncated, not UTF-8) or not of that shape (``null`` or ``[]`` where a page of
+tasks belongs) is an error of the server, retried like a 5xx and then raised as
+:class:`MalformedResponse`; it is never read as "no more tasks".
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import httpx
+import pydantic
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from .errors import LsSpaceSyncError, Retriable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +57,7 @@ CORE_TASK_FIELDS = (
 STAMP_FIELDS = "id,created_at,updated_at,total_annotations,cancelled_annotations,total_predictions"
 
 
-class LabelStudioError(Exception):
+class LabelStudioError(LsSpaceSyncError):
     """A Label Studio request failed; the message says what to do about it."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -65,16 +73,78 @@ class NotFound(LabelStudioError):
     """The project or task does not exist on the server (404)."""
 
 
-class ServerUnavailable(LabelStudioError):
+class ServerUnavailable(LabelStudioError, Retriable):
     """The server could not be reached, timed out, or kept answering 429/5xx after all retries."""
 
 
+class MalformedResponse(LabelStudioError, Retriable):
+    """The server answered 2xx with a body that is not JSON or not the shape its endpoint documents."""
+
+
+class _BadBody(Exception):
+    """Inside a retried call: the answer's body is unreadable or of the wrong shape (``reason``)."""
+
+    def __init__(self, reason: str, method: str, path: str):
+        super().__init__(reason)
+        self.reason, self.method, self.path = reason, method, path
+
+
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TransportError):
-        return True
+    if isinstance(exc, (httpx.TransportError, _BadBody, pydantic.ValidationError)):
+        return True  # the SDK's typed calls raise ValidationError on a body of the wrong shape
     if isinstance(exc, ApiError):
-        return exc.status_code == 429 or (exc.status_code or 0) >= 500
+        # The SDK raises ApiError with the 2xx status for a body that is not JSON.
+        return exc.status_code == 429 or (exc.status_code or 0) >= 500 or (exc.status_code or 0) < 400
     return False
+
+
+# --- the shapes of answers (Label Studio 1.23.2; checked before anything reads them) ----------
+
+def _kind(body: Any) -> str:
+    return "null" if body is None else type(body).__name__
+
+
+def task_page_problem(body: Any) -> str | None:
+    """Why ``body`` is not a page of ``GET /api/tasks`` (``{"tasks": [{...}, ...], ...}``), or ``None``."""
+    if not isinstance(body, dict):
+        return f"expected an object with a 'tasks' list, got {_kind(body)}"
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        return f"expected a 'tasks' list, got {'no tasks key' if 'tasks' not in body else _kind(tasks)}"
+    if any(not isinstance(t, dict) for t in tasks):
+        return "expected every item of 'tasks' to be an object"
+    return None
+
+
+def project_problem(body: Any, project_id: int) -> str | None:
+    """Why ``body`` is not ``GET /api/projects/{id}`` of ``project_id``, or ``None``."""
+    if not isinstance(body, dict):
+        return f"expected a project object, got {_kind(body)}"
+    if body.get("id") != project_id:
+        return f"expected the project with id {project_id}, got id {str(body.get('id'))[:40]}"
+    if type(body.get("task_number")) is not int:
+        return "expected an integer task_number"
+    if not isinstance(body.get("label_config"), str):
+        return "expected a label_config string"
+    return None
+
+
+def _list_problem(key: str) -> Callable[[Any], str | None]:
+    """A check for list endpoints answered as a list or as ``{key: [...]}`` (paginated)."""
+
+    def problem(body: Any) -> str | None:
+        items = body.get(key) if isinstance(body, dict) else body
+        if not isinstance(items, list) or any(not isinstance(i, dict) for i in items):
+            return f"expected a list of objects (or {{{key!r}: [...]}}), got {_kind(body)}"
+        return None
+
+    return problem
+
+
+def _object_with_id(body: Any) -> str | None:
+    if not isinstance(body, dict) or type(body.get("id")) is not int:
+        return f"expected an object with an integer id, got {_kind(body)}"
+    return None
 
 
 def _body_text(body: Any, limit: int = 300) -> str:
@@ -160,9 +230,26 @@ class LabelStudioClient:
                 f"cannot reach Label Studio at {self.url} for {what} after {self._retries + 1} attempts "
                 f"({type(exc).__name__}); check that the server is running and label_studio.url is right"
             ) from None
+        except _BadBody as exc:
+            raise self._malformed(exc, what, f"after {self._retries + 1} attempts") from None
+        except pydantic.ValidationError as exc:
+            bad = _BadBody(f"{exc.error_count()} fields of the wrong shape", "", "")
+            raise self._malformed(bad, what, f"after {self._retries + 1} attempts") from None
+
+    def _malformed(self, exc: _BadBody, what: str, when: str) -> MalformedResponse:
+        to = f" to {exc.method} /{exc.path.lstrip('/')}" if exc.method else ""
+        return MalformedResponse(
+            f"Label Studio at {self.url} sent a malformed answer{to} for {what} "
+            f"{when} ({exc.reason}); nothing was written: check the server's log, or a proxy between it and "
+            "this host, and run again"
+        )
 
     def _map(self, exc: ApiError, what: str) -> LabelStudioError:
         status = exc.status_code
+        if status is not None and status < 400:
+            return MalformedResponse(
+                f"Label Studio at {self.url} answered {what} (HTTP {status}) with a body that is not JSON; "
+                "check the server's log, or a proxy between it and this host, and run again", status)
         if status == 401:
             return AuthError(
                 f"Label Studio at {self.url} rejected the API key (401); set LABEL_STUDIO_API_KEY or "
@@ -199,6 +286,28 @@ class LabelStudioClient:
              json_body: Any = None) -> httpx.Response:
         return self.call(what, self._send, path, method=method, params=params, json_body=json_body)
 
+    def _send_json(self, path: str, shape: Callable[[Any], str | None] | None, *, method: str = "GET",
+                   params: dict[str, Any] | None = None, json_body: Any = None, content: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[Any, httpx.Response]:
+        """One request whose body is decoded and checked here, inside the retry: a truncated or
+        non-UTF-8 body, or one that ``shape`` finds wrong (it returns the reason), raises
+        :class:`_BadBody`, which is retried like a 5xx."""
+        resp = self._send(path, method=method, params=params, json_body=json_body, content=content, headers=headers)
+        try:
+            body = json.loads(resp.content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            kind = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
+            raise _BadBody(f"{len(resp.content)} bytes, {kind}", method, path) from None
+        problem = shape(body) if shape is not None else None
+        if problem:
+            raise _BadBody(problem, method, path)
+        return body, resp
+
+    def _json(self, what: str, path: str, shape: Callable[[Any], str | None] | None, *, method: str = "GET",
+              params: dict[str, Any] | None = None, json_body: Any = None) -> tuple[Any, httpx.Response]:
+        """A read (idempotent) request with retries whose JSON body has passed ``shape``."""
+        return self.call(what, self._send_json, path, shape, method=method, params=params, json_body=json_body)
+
     # --- projects ----------------------------------------------------------------------------
 
     def project(self, project_id: int) -> ProjectInfo:
@@ -206,12 +315,14 @@ class LabelStudioClient:
 
         Raises:
             NotFound: no such project. AuthError: bad token. ServerUnavailable: server down.
+            MalformedResponse: the answer was not a project object (after retries).
         """
         # include=: without it the server computes project statistics a sync never reads
         # (0.58 s vs 0.15 s at 20,000 tasks, bench/poll.py); the four keys come back the same.
-        resp = self._raw(f"project {project_id}", f"api/projects/{int(project_id)}/",
-                         params={"include": "id,title,task_number,label_config"})
-        body = resp.json()
+        project_id = int(project_id)
+        body, resp = self._json(f"project {project_id}", f"api/projects/{project_id}/",
+                                lambda b: project_problem(b, project_id),
+                                params={"include": "id,title,task_number,label_config"})
         try:
             server_time = parsedate_to_datetime(resp.headers["date"]).astimezone(timezone.utc)
         except (KeyError, TypeError, ValueError):
@@ -230,10 +341,10 @@ class LabelStudioClient:
         page = 1
         while True:
             try:
-                resp = self._raw("the project list", "api/projects/", params={"page": page, "page_size": 100})
+                body, _ = self._json("the project list", "api/projects/", _projects_problem,
+                                     params={"page": page, "page_size": 100})
             except NotFound:
                 break  # a page past the end
-            body = resp.json()
             results = body.get("results", body) if isinstance(body, dict) else body
             ids += [int(p["id"]) for p in results]
             if not isinstance(body, dict) or not body.get("next"):
@@ -295,12 +406,24 @@ class LabelStudioClient:
                                       "fields": fields, "query": json.dumps(query)}
             if include:
                 params["include"] = include
+            def page_problem(body: Any) -> str | None:
+                problem = task_page_problem(body)
+                if problem is None:
+                    ids = [t.get("id") for t in body["tasks"]]
+                    if any(type(i) is not int for i in ids):
+                        return None  # a task without an integer id: MalformedTask, named by the caller
+                    if len(ids) > page_size:
+                        return f"{len(ids)} tasks on a page of {page_size}"
+                    if ids != sorted(set(ids)) or (last_id is not None and ids and ids[0] <= last_id):
+                        return "task ids not ascending past the last page's (the listing is ordered by id)"
+                return problem
+
             try:
-                resp = self._raw(f"tasks of project {project_id}", "api/tasks/", params=params)
+                body, _ = self._json(f"tasks of project {project_id}", "api/tasks/", page_problem, params=params)
             except NotFound:
                 return []  # an empty result answers 404 on some versions
-            body = resp.json()
-            return body.get("tasks", []) if isinstance(body, dict) else body
+            tasks: list[dict[str, Any]] = body["tasks"]
+            return tasks
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-page") as pool:
             ahead: Future[list[dict[str, Any]]] | None = pool.submit(contextvars.copy_context().run, fetch, None)
@@ -309,8 +432,8 @@ class LabelStudioClient:
                 ahead = None
                 if not tasks:
                     return
-                if len(tasks) == page_size:
-                    ahead = pool.submit(contextvars.copy_context().run, fetch, max(int(t["id"]) for t in tasks))
+                if len(tasks) == page_size and all(type(t.get("id")) is int for t in tasks):
+                    ahead = pool.submit(contextvars.copy_context().run, fetch, max(t["id"] for t in tasks))
                 try:
                     yield tasks
                 except GeneratorExit:
@@ -324,7 +447,8 @@ class LabelStudioClient:
 
     def task(self, task_id: int) -> dict[str, Any]:
         """One task as the server's raw JSON (``GET /api/tasks/{id}``), with annotations and predictions."""
-        return self._raw(f"task {task_id}", f"api/tasks/{int(task_id)}/").json()
+        body, _ = self._json(f"task {task_id}", f"api/tasks/{int(task_id)}/", _object_with_id)
+        return dict(body)
 
     # --- webhooks ----------------------------------------------------------------------------
 
@@ -364,6 +488,8 @@ class LabelStudioClient:
         )
         try:
             return retrying(fn, *args, **kwargs)
+        except _BadBody as exc:
+            raise self._malformed(exc, what, "(it may or may not have applied it)") from None
         except ApiError as exc:
             if exc.status_code == 400:
                 raise LabelStudioError(f"Label Studio refused {what} (HTTP 400): {_refusal(exc.body)}", 400) from None
@@ -382,7 +508,7 @@ class LabelStudioClient:
 
     def user_ids(self) -> set[int]:
         """Ids of the users the token's organization has (who may be ``completed_by`` of an annotation)."""
-        body = self._raw("the user list", "api/users/").json()
+        body, _ = self._json("the user list", "api/users/", _list_problem("results"))
         users = body.get("results", []) if isinstance(body, dict) else body
         return {int(u["id"]) for u in users}
 
@@ -401,9 +527,9 @@ class LabelStudioClient:
         body = json.dumps(tasks, ensure_ascii=False).encode()
 
         def once() -> Any:
-            return self._send(f"api/projects/{int(project_id)}/import", method="POST",
-                              params={"return_task_ids": "true"}, content=body,
-                              headers={"Content-Type": "application/json"}).json()
+            return self._send_json(f"api/projects/{int(project_id)}/import", _import_problem, method="POST",
+                                   params={"return_task_ids": "true"}, content=body,
+                                   headers={"Content-Type": "application/json"})[0]
 
         result = self._once(f"the import of {len(tasks)} tasks into project {project_id}", once)
         ids = list(result.get("task_ids") or [])
@@ -460,7 +586,17 @@ class LabelStudioClient:
                       selected_items={"all": False, "included": [int(i) for i in task_ids]})
 
     def _raw_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._send(path, method="POST", json_body=body).json()
+        created, _ = self._send_json(path, _object_with_id, method="POST", json_body=body)
+        return dict(created)
+
+
+_projects_problem = _list_problem("results")
+
+
+def _import_problem(body: Any) -> str | None:
+    if not isinstance(body, dict) or not isinstance(body.get("task_ids"), list):
+        return f"expected an object with a 'task_ids' list, got {_kind(body)}"
+    return None
 
 
 def _not_sent(exc: BaseException) -> bool:

@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from .diff import open_ref
+from .errors import Terminal
 from .store import ProjectStore
 
 _TABLE = re.compile(r"^project_(\d+)$")
@@ -95,7 +96,7 @@ ORDER BY GROUPING(a.completed_by), a.completed_by
 }
 
 
-class QueryError(ValueError):
+class QueryError(Terminal, ValueError):
     """A query DuckDB cannot run, or an output file of an unknown kind; the message says why."""
 
 
@@ -125,12 +126,33 @@ def stored_projects(root: Path) -> list[int]:
     return sorted(out)
 
 
+def _identifiers(query: str) -> list[str]:
+    """Every identifier token of a query (DuckDB's tokenizer: string literals and comments are not
+    identifiers), without binding it, so a query whose tables DuckDB cannot name yet still has them."""
+    tokens = duckdb.tokenize(query)
+    ends = [pos for pos, _ in tokens[1:]] + [len(query)]
+    out = []
+    for (pos, kind), end in zip(tokens, ends):
+        if kind == duckdb.token_type.identifier:
+            out.append(query[pos:end].strip().strip('"'))
+    return out
+
+
 def referenced_projects(query: str, root: Path) -> list[int]:
-    """Project ids whose tables a query names (all stored projects if DuckDB cannot parse it)."""
+    """Project ids whose tables a query names.
+
+    DuckDB names the tables of most queries (``get_table_names``); for those it cannot bind
+    without the tables (an ``UNNEST`` of a column, DuckDB 1.x-2.0) the identifiers of the query's
+    tokens are read instead. Never "every stored project": a version selector (``--tag``) applies
+    to the tables a query reads, and tag names are per project.
+    """
     try:
         names = duckdb.get_table_names(query)
     except duckdb.Error:
-        return stored_projects(root)
+        try:
+            names = set(_identifiers(query))
+        except duckdb.Error:
+            return []  # not even tokens: DuckDB's own error, from running it, says why
     out = set()
     for name in names:
         m = _TABLE.match(name.split(".")[-1].strip('"'))

@@ -46,6 +46,8 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
+from .errors import Terminal
+
 TS = pa.timestamp("us", tz="UTC")
 
 ANNOTATION = pa.struct(
@@ -120,7 +122,7 @@ VOLATILE_KEYS = frozenset({"created_ago", "created_username"})
 STAMP_COLUMNS = ["id", "created_at", "updated_at", "total_annotations", "cancelled_annotations", "total_predictions"]
 
 
-class MalformedTask(ValueError):
+class MalformedTask(Terminal, ValueError):
     """A task JSON object lacks what every Label Studio task has (an integer ``id``, timestamps)."""
 
 

@@ -21,12 +21,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .errors import Terminal
+
 ENV_PREFIX = "LS_SPACE_SYNC__"
 DEFAULT_CONFIG_FILE = "config.yaml"
 
 
-class ConfigError(Exception):
+class ConfigError(Terminal):
     """A configuration problem; the message names the key and how to fix it."""
+
+    exit_code = 2
 
 
 class _Section(BaseModel):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import threading
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 from filelock import FileLock, Timeout
 
 from .changes import Stamp
+from .errors import LsSpaceSyncError, Retriable, UsageError, bad_time
 from .records import STAMP_COLUMNS, parse_ts
 
 PROP_PREFIX = "ls_space_sync."
@@ -39,12 +41,40 @@ PROP_PREFIX = "ls_space_sync."
 WRITE_BUFFER_BYTES = 32 << 20
 
 
-class StoreError(Exception):
+class StoreError(LsSpaceSyncError):
     """A dataset, version or tag that does not exist, or a write that cannot proceed."""
 
 
-class ProjectLocked(StoreError):
+class ProjectLocked(StoreError, Retriable):
     """Another process or thread is writing this project's dataset."""
+
+
+class BadFilter(UsageError, ValueError):
+    """A ``--where`` predicate that Lance cannot read against the dataset's columns."""
+
+
+_RUST_SOURCE = re.compile(r",\s*/\S+\.rs:\d+:\d+")
+_INTERNAL_COLUMNS = re.compile(r",?\s*_row(id|addr|offset|_last_updated_at_version|_created_at_version)\b")
+
+
+def check_filter(ds: lance.LanceDataset, where: str | None) -> None:
+    """Plan a scan with the SQL predicate ``where`` (nothing is read) and raise if Lance rejects it.
+
+    Raises:
+        BadFilter: one line with what Lance found wrong (its own words, without its Rust source
+            locations or internal row columns) and the dataset's columns.
+    """
+    if not where:
+        return
+    try:
+        ds.scanner(columns=[ds.schema.names[0]], filter=where).explain_plan()
+    except (ValueError, OSError) as exc:
+        reason = _RUST_SOURCE.sub("", str(exc)).replace("Invalid user input: ", "")
+        reason = _INTERNAL_COLUMNS.sub("", reason).strip().rstrip(".")
+        raise BadFilter(
+            f"the filter {where!r} does not work on this dataset ({reason[:300]}); write a SQL predicate over "
+            f"the columns {', '.join(ds.schema.names)}, e.g. \"is_labeled AND total_annotations > 1\""
+        ) from None
 
 
 _thread_locks: dict[str, threading.Lock] = {}
@@ -132,7 +162,10 @@ def _version_time(value: datetime) -> datetime:
 
 def _to_utc(value: datetime | str) -> datetime:
     if isinstance(value, str):
-        return parse_ts(value)
+        try:
+            return parse_ts(value.strip())
+        except ValueError:
+            raise bad_time(value) from None
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 

@@ -38,7 +38,8 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from .changes import ChangeSet, classify, full_scan_plan, stamp_of
-from .labelstudio import CORE_TASK_FIELDS, LabelStudioClient, ProjectInfo
+from .labelstudio import CORE_TASK_FIELDS, LabelStudioClient, LabelStudioError, ProjectInfo
+from .errors import Retriable
 from .logs import register_secret, run_context
 from .maintenance import merge_small_fragments
 from .records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
@@ -47,6 +48,10 @@ from .state import FAILED, SKIPPED, SUCCEEDED, StateDB, SyncRun
 from .store import ProjectStore, Staging, project_lock
 
 log = logging.getLogger(__name__)
+
+
+class IncompleteListing(LabelStudioError, Retriable):
+    """A first sync's listing or a full scan found fewer tasks than the project's ``task_number``."""
 
 
 def tag_name(seq: int) -> str:
@@ -145,7 +150,10 @@ class Syncer:
 
         Raises:
             ProjectLocked: another sync of this project is running.
-            LabelStudioError: the server refused or could not be reached (the run is recorded failed).
+            LabelStudioError: the server refused or could not be reached, or answered with a body of
+                the wrong shape (``MalformedResponse``), or a listing came back shorter than the
+                project's task count (``IncompleteListing``); the run is recorded failed and the
+                store stays at its last version.
             MalformedTask: the server sent a task without id or timestamps (recorded failed).
         """
         with project_lock(self.root, project_id):
@@ -182,6 +190,7 @@ class Syncer:
                 log.warning("project %s: the label config reads data keys with no typed field in the dataset "
                             "(%s); they are kept in data_json", project_id, ", ".join(sorted(missing)))
             plan.full_scan_if_needed(force_scan)
+            plan.check_first_listing()
             commit = plan.commit()
         finally:
             plan.staging.discard()
@@ -315,6 +324,32 @@ class _RunPlan:
                                                 include=self.include):
             self._stage(page)
 
+    def _listing_short(self, listed: int, what: str) -> None:
+        """Refuse a listing of ``listed`` tasks that is shorter than the project's ``task_number``.
+
+        The count is read again first: tasks deleted while the listing ran make the first count
+        too high, and a run must not fail for that. Tasks created after the listing passed make
+        the second count too high too; the run then fails and the next poll succeeds, which
+        costs a poll, where trusting a short listing would commit a wrong version.
+
+        Raises:
+            IncompleteListing: the listing is still shorter than the count read after it.
+        """
+        if listed >= self.project.task_number:
+            return
+        now = self.client.project(self.project_id).task_number
+        if listed < now:
+            raise IncompleteListing(
+                f"project {self.project_id}: {what} returned {listed} tasks but the project has {now} "
+                "(task_number); nothing was written, the store stays at its last version. Run again; if it "
+                "repeats, the server or a proxy in front of it is cutting task listings short"
+            )
+
+    def check_first_listing(self) -> None:
+        """On a first sync, refuse to commit a listing shorter than the project (see :meth:`_listing_short`)."""
+        if not self.stored_count:
+            self._listing_short(len(self.seen), "the first sync's listing")
+
     def full_scan_if_needed(self, force: bool) -> None:
         """Scan all stamps if forced, due, or the task count does not add up; stage what differs."""
         if not self.stored_count:
@@ -328,6 +363,8 @@ class _RunPlan:
         for page in self.client.iter_stamp_pages(self.project_id, page_size=self.cfg.scan_page_size):
             _check_page(page, self.project_id)
             server.update((t["id"], stamp_of(t)) for t in page)
+        # A full scan is what proves hard deletes: it must have seen every task the server counts.
+        self._listing_short(len(server), "the full scan")
         self.all_stamps = self.store.stamps()
         to_fetch, self.changes.deletes = full_scan_plan(self.all_stamps, server, done=self.seen)
         if to_fetch:

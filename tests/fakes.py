@@ -40,6 +40,12 @@ class FakeLabelStudio:
         self.next_id = 1
         self.calls: list[httpx.Request] = []
         self.fail_next: list[int] = []  # status codes to answer before serving normally
+        # Faults of a 200 answer: the n-th request (1-based, per endpoint "tasks"/"project") gets
+        # these raw bytes as its body instead of the real one.
+        self.body_faults: dict[tuple[str, int], bytes] = {}
+        self.hidden: set[int] = set()  # task ids left out of every listing (still counted in task_number)
+        self._served = {"tasks": 0, "project": 0}
+        self.after_tasks: Any = None  # called with the request count after each task listing is answered
 
     def tick(self, seconds: float = 60) -> datetime:
         self.now += timedelta(seconds=seconds)
@@ -78,8 +84,19 @@ class FakeLabelStudio:
 
     # --- HTTP ---------------------------------------------------------------------------------
 
+    def _fault(self, endpoint: str) -> httpx.Response | None:
+        self._served[endpoint] += 1
+        raw = self.body_faults.get((endpoint, self._served[endpoint]))
+        if raw is None:
+            return None
+        return httpx.Response(200, content=raw, headers={"Content-Type": "application/json",
+                                                         "Date": format_datetime(self.now, usegmt=True)})
+
     def _project(self, request: httpx.Request, project_id: str) -> httpx.Response:
         self.calls.append(request)
+        fault = self._fault("project")
+        if fault is not None:
+            return fault
         if self.fail_next:
             return httpx.Response(self.fail_next.pop(0), json={"detail": "failure"})
         if request.headers.get("authorization") != f"Token {KEY}":
@@ -91,12 +108,15 @@ class FakeLabelStudio:
 
     def _tasks(self, request: httpx.Request) -> httpx.Response:
         self.calls.append(request)
+        fault = self._fault("tasks")
+        if fault is not None:
+            return fault
         if self.fail_next:
             return httpx.Response(self.fail_next.pop(0), json={"detail": "failure"})
         q = request.url.params
         query = json.loads(q.get("query") or "{}")
         items = query.get("filters", {}).get("items", [])
-        tasks = sorted(self.tasks.values(), key=lambda t: t["id"])
+        tasks = sorted((t for t in self.tasks.values() if t["id"] not in self.hidden), key=lambda t: t["id"])
         for f in items:
             key, op, value = f["filter"], f["operator"], f["value"]
             if key == "filter:tasks:id":
@@ -120,7 +140,10 @@ class FakeLabelStudio:
         if q.get("include"):
             keep = q["include"].split(",")
             chunk = [{k: t[k] for k in keep if k in t} for t in chunk]
-        return httpx.Response(200, json={"tasks": json.loads(json.dumps(chunk)), "total": len(tasks)})
+        response = httpx.Response(200, json={"tasks": json.loads(json.dumps(chunk)), "total": len(tasks)})
+        if self.after_tasks is not None:
+            self.after_tasks(self._served["tasks"])
+        return response
 
     def mount(self, router: respx.MockRouter) -> "FakeLabelStudio":
         router.get(url__regex=rf"{URL}/api/projects/(?P<project_id>\d+)/").mock(side_effect=self._project)
