@@ -27,7 +27,9 @@ import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import LsSpaceSyncError
 from .records import region_rows, row_to_task
+from .store import BadFilter
 
 BATCH_ROWS = 1024
 
@@ -276,6 +278,10 @@ def export_command(obj: Any, project: int, tag: str | None, version: int | None,
                       source=source)
     except MissingExtra as exc:
         raise click.ClickException(str(exc)) from None
+    except BadFilter as exc:
+        raise click.ClickException(f"export failed: {exc}") from None
+    except LsSpaceSyncError:
+        raise  # one line and its exit code (a malformed time: 2), from the command group
     except (OSError, ValueError) as exc:  # Lance reports a bad --where as ValueError/OSError
         raise click.ClickException(f"export failed: {exc}") from None
     what = f"{source[:-1]} regions" if regions else "tasks"
