@@ -33,10 +33,10 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from ls_space_sync.labelstudio import LabelStudioClient  # noqa: E402
-from ls_space_sync.localserver import LocalLabelStudio, ensure_venv  # noqa: E402
+from ls_space_sync.labelstudio.client import LabelStudioClient  # noqa: E402
+from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv  # noqa: E402
 from ls_space_sync.settings import Settings, load_settings  # noqa: E402
-from ls_space_sync.sync import Syncer  # noqa: E402
+from ls_space_sync.pull.run import Syncer  # noqa: E402
 
 VENV_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_VENV"
 DEFAULT_TASKS = 20_000

@@ -30,9 +30,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ls_space_sync.localserver import LocalLabelStudio, ensure_venv, free_port  # noqa: E402
+from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv, free_port  # noqa: E402
 from ls_space_sync.settings import server_venv_override  # noqa: E402
-from ls_space_sync.state import StateDB  # noqa: E402
+from ls_space_sync.store.state import StateDB  # noqa: E402
 
 CONFIG = '<View><Text name="text" value="$text"/><Choices name="label" toName="text"><Choice value="a"/></Choices></View>'
 TICK = os.sysconf("SC_CLK_TCK")

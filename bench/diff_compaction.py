@@ -25,12 +25,12 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ls_space_sync import query
-from ls_space_sync.diff import diff_versions
-from ls_space_sync.maintenance import compact_project, disk_usage
-from ls_space_sync.records import schema_for, tasks_to_table
+from ls_space_sync.read import query
+from ls_space_sync.read.diff import diff_versions
+from ls_space_sync.store.compaction import compact_project, disk_usage
+from ls_space_sync.model.records import schema_for, tasks_to_table
 from ls_space_sync.settings import load_settings
-from ls_space_sync.store import ProjectStore
+from ls_space_sync.store.dataset import ProjectStore
 
 SCHEMA = schema_for(["text"])
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)

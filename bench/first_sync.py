@@ -89,7 +89,7 @@ def child(args: argparse.Namespace) -> None:
     and ``VmHWM`` is read when the sync is done.
     """
     from ls_space_sync.settings import load_settings
-    from ls_space_sync.sync import Syncer
+    from ls_space_sync.pull.run import Syncer
 
     settings = load_settings(config_path=os.devnull, env=dict(os.environ),
                              overrides={"data_dir": str(args.data_dir)})

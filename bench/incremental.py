@@ -62,7 +62,7 @@ def raw_fetch(env: BenchEnv, cursor: Any, page_size: int, include: str | None) -
 
 def sync_include(syncer: Any) -> str | None:
     """The ``include=`` keys the sync asks for (``sync.task_fields``: core keys, or all)."""
-    from ls_space_sync.labelstudio import CORE_TASK_FIELDS
+    from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS
 
     return None if getattr(syncer.settings.sync, "task_fields", "all") == "all" else CORE_TASK_FIELDS
 
@@ -117,7 +117,7 @@ def run(env: BenchEnv) -> list[Row]:
     """Measure every k, profile the worst one once more, and return one row per k."""
     rng = random.Random(5)
     ensure_synced(env).close()
-    from ls_space_sync.sync import Syncer
+    from ls_space_sync.pull.run import Syncer
 
     # full_scan_every 0: a scheduled full scan in the middle of a round would measure the scan, not k tasks.
     syncer = Syncer(env.settings(env.sync_dir(), full_scan_every=0))

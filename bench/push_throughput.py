@@ -25,9 +25,9 @@ import argparse
 
 from common import BenchEnv, Row, log, main_for, timer
 
-from ls_space_sync.push import import_payload, push
-from ls_space_sync.records import row_to_task
-from ls_space_sync.sync import Syncer
+from ls_space_sync.push.engine import import_payload, push
+from ls_space_sync.model.records import row_to_task
+from ls_space_sync.pull.run import Syncer
 
 DEFAULT_TASKS = 10_000
 

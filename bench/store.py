@@ -32,11 +32,11 @@ import lance
 import pyarrow as pa
 
 from common import BenchEnv, LABEL_CONFIG, Row, log, main_for, median, profiled, server_shaped_tasks, timer
-from ls_space_sync import maintenance
-from ls_space_sync.maintenance import compact_project, disk_usage
-from ls_space_sync.records import data_keys, schema_for, tasks_to_table
+from ls_space_sync.store import compaction as maintenance
+from ls_space_sync.store.compaction import compact_project, disk_usage
+from ls_space_sync.model.records import data_keys, schema_for, tasks_to_table
 from ls_space_sync.settings import load_settings
-from ls_space_sync.store import ProjectStore
+from ls_space_sync.store.dataset import ProjectStore
 
 UPDATES, INSERTS, DELETES = 20, 5, 2
 PROJECT = 1

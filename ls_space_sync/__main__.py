@@ -1,5 +1,5 @@
 """``python -m ls_space_sync`` runs the command line."""
 
-from .cli import run
+from ls_space_sync.cli.console import run
 
 run()

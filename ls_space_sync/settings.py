@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from .errors import Terminal
+from ls_space_sync.errors import Terminal
 
 ENV_PREFIX = "LS_SPACE_SYNC__"
 DEFAULT_CONFIG_FILE = "config.yaml"

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
-from ls_space_sync.localserver import LocalLabelStudio, ensure_venv
+from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_VENV"

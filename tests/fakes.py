@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import respx
 
-from ls_space_sync.records import format_ts, parse_ts
+from ls_space_sync.model.records import format_ts, parse_ts
 
 URL = "http://ls.test"
 KEY = "unit-test-token"

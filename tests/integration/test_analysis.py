@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from ls_space_sync import api, query
-from ls_space_sync.cli import main
-from ls_space_sync.maintenance import compact_project
-from ls_space_sync.records import table_to_tasks
+from ls_space_sync.cli.console import main
+from ls_space_sync.store.compaction import compact_project
+from ls_space_sync.model.records import table_to_tasks
 from ls_space_sync.settings import load_settings
-from ls_space_sync.sync import Syncer
+from ls_space_sync.pull.run import Syncer
 # The server's view of a project's tasks (GET /api/tasks?fields=all) as the sync stores them: the
 # same helper the pull-sync tests use, so both follow the sync's choice of task keys.
 from tests.integration.test_pull_sync import server_tasks

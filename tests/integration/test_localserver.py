@@ -11,8 +11,8 @@ import pytest
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from ls_space_sync import demo
-from ls_space_sync.localserver import LABEL_STUDIO_VERSION, LocalLabelStudio, ensure_venv
+from ls_space_sync.quickstart import demo
+from ls_space_sync.quickstart.localserver import LABEL_STUDIO_VERSION, LocalLabelStudio, ensure_venv
 
 pytestmark = pytest.mark.integration
 

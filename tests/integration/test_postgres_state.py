@@ -15,11 +15,11 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, inspect, text
 
-from ls_space_sync.daemon import Daemon
+from ls_space_sync.service.daemon import Daemon
 from ls_space_sync.settings import load_settings
-from ls_space_sync.state import FAILED, SKIPPED, SUCCEEDED
-from ls_space_sync.store import project_lock
-from ls_space_sync.sync import Syncer
+from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED
+from ls_space_sync.store.dataset import project_lock
+from ls_space_sync.pull.run import Syncer
 from tests.pg import PostgresServer
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ import time
 import httpx
 import pytest
 
-from ls_space_sync.labelstudio import CORE_TASK_FIELDS
-from ls_space_sync.records import VOLATILE_KEYS, table_to_tasks
+from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS
+from ls_space_sync.model.records import VOLATILE_KEYS, table_to_tasks
 from ls_space_sync.settings import load_settings
-from ls_space_sync.sync import Syncer
+from ls_space_sync.pull.run import Syncer
 
 pytestmark = pytest.mark.integration
 
@@ -218,8 +218,8 @@ def test_killed_between_commit_and_checkpoint_recovers(label_studio, ls_client, 
     script = textwrap.dedent(f"""
         import os
         from ls_space_sync.settings import load_settings
-        from ls_space_sync.store import ProjectStore
-        from ls_space_sync.sync import Syncer
+        from ls_space_sync.store.dataset import ProjectStore
+        from ls_space_sync.pull.run import Syncer
         ProjectStore.tag = lambda self, name, version: os._exit(137)   # SIGKILL-like: no cleanup at all
         Syncer(load_settings({str(config)!r})).run_once({pid})
     """)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from ls_space_sync.cli import main
-from ls_space_sync.query import EXAMPLES
+from ls_space_sync.cli.console import main
+from ls_space_sync.read.query import EXAMPLES
 from ls_space_sync.settings import load_settings
-from ls_space_sync.sync import Syncer
+from ls_space_sync.pull.run import Syncer
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ls_space_sync.cli import main
-from ls_space_sync.server import serve
-from ls_space_sync.localserver import free_port
+from ls_space_sync.cli.console import main
+from ls_space_sync.service.http import serve
+from ls_space_sync.quickstart.localserver import free_port
 from ls_space_sync.settings import load_settings
-from ls_space_sync.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, StateDB
-from ls_space_sync.store import ProjectStore
+from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, StateDB
+from ls_space_sync.store.dataset import ProjectStore
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import respx
 
-from ls_space_sync.labelstudio import MalformedResponse
-from ls_space_sync.state import FAILED, SUCCEEDED
-from ls_space_sync.sync import IncompleteListing
+from ls_space_sync.labelstudio.client import MalformedResponse
+from ls_space_sync.store.state import FAILED, SUCCEEDED
+from ls_space_sync.pull.run import IncompleteListing
 from tests.fakes import URL, FakeLabelStudio
 from tests.unit.test_sync import make_syncer, stored
 

@@ -1,6 +1,6 @@
 """changes: stamps -> change sets."""
 
-from ls_space_sync.changes import ChangeSet, classify, full_scan_plan, stamp_of
+from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
 
 A = {"created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "total_annotations": 0,
      "cancelled_annotations": 0, "total_predictions": 0}

@@ -17,10 +17,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import inspect, text
 
-from ls_space_sync.daemon import Daemon, make_job_store
+from ls_space_sync.service.daemon import Daemon, make_job_store
 from ls_space_sync.settings import ConfigError, load_settings
-from ls_space_sync.state import FAILED, SKIPPED, SUCCEEDED, StateDB, utcnow
-from ls_space_sync.store import project_lock
+from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, StateDB, utcnow
+from ls_space_sync.store.dataset import project_lock
 from tests.fakes import KEY, URL, FakeLabelStudio
 
 
@@ -279,7 +279,7 @@ def test_skipped_runs_count_as_success(tmp_path, fake, daemons):
 
 
 def test_compaction_job_compacts_and_never_raises(tmp_path, fake, daemons, caplog, monkeypatch):
-    import ls_space_sync.maintenance as maintenance
+    import ls_space_sync.store.compaction as maintenance
 
     for i in range(3):
         fake.add(f"t{i}")
@@ -292,7 +292,7 @@ def test_compaction_job_compacts_and_never_raises(tmp_path, fake, daemons, caplo
     real = maintenance.compact_project
     monkeypatch.setattr(maintenance, "compact_project", lambda s, p: calls.append(p) or real(s, p))
     caplog.clear()  # the syncs above may have logged at INFO, depending on earlier tests' logging set-up
-    with caplog.at_level("ERROR", logger="ls_space_sync.daemon"):
+    with caplog.at_level("ERROR", logger="ls_space_sync.service.daemon"):
         d.compact_job(1)
     assert calls == [1] and [r for r in caplog.records if r.levelno >= 40] == []
     assert d.syncer.store(1).count() == 3
@@ -302,7 +302,7 @@ def test_compaction_job_compacts_and_never_raises(tmp_path, fake, daemons, caplo
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(maintenance, "compact_project", broken)
-    with caplog.at_level("ERROR", logger="ls_space_sync.daemon"):
+    with caplog.at_level("ERROR", logger="ls_space_sync.service.daemon"):
         d.compact_job(1)  # logged, not raised
     assert any("compaction failed: RuntimeError: disk full" in r.getMessage() for r in caplog.records)
 
@@ -343,10 +343,10 @@ def test_a_webhook_for_a_mirrored_project_schedules_its_pass_debounced(tmp_path,
 
 def test_mirror_passes_are_counted_logged_locked_is_not_a_failure_and_failures_back_off(tmp_path, fake, daemons,
                                                                                        monkeypatch, caplog):
-    import ls_space_sync.daemon as daemon_module
-    from ls_space_sync.labelstudio import LabelStudioError
-    from ls_space_sync.store import ProjectLocked
-    from ls_space_sync.sync import RunResult
+    import ls_space_sync.service.daemon as daemon_module
+    from ls_space_sync.labelstudio.client import LabelStudioError
+    from ls_space_sync.store.dataset import ProjectLocked
+    from ls_space_sync.pull.run import RunResult
 
     push = {"source_project": 1, "target_project": 2, "created": 2, "updated": 1, "deleted": 0, "echoes": 0,
             "conflicts": 0}
@@ -369,7 +369,7 @@ def test_mirror_passes_are_counted_logged_locked_is_not_a_failure_and_failures_b
 
     monkeypatch.setattr(daemon_module, "mirror_once", fake_mirror_once)
     d = daemons(make_settings(tmp_path, projects=[], mirrors=MIRRORS[:1]))
-    with caplog.at_level("INFO", logger="ls_space_sync.daemon"):
+    with caplog.at_level("INFO", logger="ls_space_sync.service.daemon"):
         assert d.mirror_job(1, 2, "schedule")["moved"] == 3
     assert "mirror 1 -> 2 (both ways): 1 new versions, 3 tasks moved (pull project 1: run-000001 v1 +3 ~0 -0; " \
            "push 1 -> 2: +2 ~1 -0 (0 echoes, 0 conflicts))" in caplog.messages

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from ls_space_sync.cli import main
-from ls_space_sync.daemon import Daemon
-from ls_space_sync.server import HTTPServer
+from ls_space_sync.cli.console import main
+from ls_space_sync.service.daemon import Daemon
+from ls_space_sync.service.http import HTTPServer
 from ls_space_sync.settings import ConfigError, load_settings
-from ls_space_sync.localserver import free_port
+from ls_space_sync.quickstart.localserver import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from ls_space_sync.cli import main
-from ls_space_sync.diff import diff_versions, item_changes, parse_ref
-from ls_space_sync.records import parse_ts, schema_for, tasks_to_table
-from ls_space_sync.store import ProjectStore, StoreError
+from ls_space_sync.cli.console import main
+from ls_space_sync.read.diff import diff_versions, item_changes, parse_ref
+from ls_space_sync.model.records import parse_ts, schema_for, tasks_to_table
+from ls_space_sync.store.dataset import ProjectStore, StoreError
 
 SCHEMA = schema_for(["text"])
 T0 = "2026-01-01T00:00:00.000001Z"
@@ -139,7 +139,7 @@ def test_item_changes_treats_reused_annotation_ids_as_remove_and_add():
 
 
 def test_diff_reads_only_updated_rows_in_full(store, monkeypatch):
-    import ls_space_sync.diff as diff_module
+    import ls_space_sync.read.diff as diff_module
 
     asked = []
     real = diff_module._rows_by_id

@@ -13,10 +13,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ls_space_sync import export
-from ls_space_sync.cli import main
-from ls_space_sync.records import schema_for, tasks_to_table
-from ls_space_sync.store import ProjectStore
+from ls_space_sync.read import export
+from ls_space_sync.cli.console import main
+from ls_space_sync.model.records import schema_for, tasks_to_table
+from ls_space_sync.store.dataset import ProjectStore
 
 SCHEMA = schema_for(["text", "image"])
 T0 = "2026-01-01T00:00:00.000001Z"

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from ls_space_sync import maintenance
-from ls_space_sync.cli import main
-from ls_space_sync.maintenance import compact_project, tags_to_prune
-from ls_space_sync.records import schema_for, tasks_to_table
+from ls_space_sync.store import compaction as maintenance
+from ls_space_sync.cli.console import main
+from ls_space_sync.store.compaction import compact_project, tags_to_prune
+from ls_space_sync.model.records import schema_for, tasks_to_table
 from ls_space_sync.settings import load_settings
-from ls_space_sync.store import ProjectLocked, ProjectStore, StoreError, project_lock
+from ls_space_sync.store.dataset import ProjectLocked, ProjectStore, StoreError, project_lock
 
 SCHEMA = schema_for(["text"])
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)

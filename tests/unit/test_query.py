@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ls_space_sync import query
-from ls_space_sync.cli import main
-from ls_space_sync.records import data_keys, schema_for, tasks_to_table
-from ls_space_sync.store import ProjectStore, StoreError
+from ls_space_sync.read import query
+from ls_space_sync.cli.console import main
+from ls_space_sync.model.records import data_keys, schema_for, tasks_to_table
+from ls_space_sync.store.dataset import ProjectStore, StoreError
 
 CONFIG = """<View>
   <Text name="text" value="$text"/>
@@ -188,7 +188,7 @@ def test_cli_sql(root, tmp_path):
 
 
 def test_python_api(root):
-    from ls_space_sync import api
+    from ls_space_sync.read import api
 
     data_dir = root.parent
     assert api.open_dataset(3, tag="run-000001", data_dir=data_dir).count_rows() == 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from ls_space_sync import records as r
+from ls_space_sync.model import records as r
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>

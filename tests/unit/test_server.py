@@ -11,9 +11,9 @@ import pytest
 import respx
 from fastapi.testclient import TestClient
 
-from ls_space_sync.daemon import Daemon
-from ls_space_sync.server import create_app, model_version
-from ls_space_sync.state import SUCCEEDED
+from ls_space_sync.service.daemon import Daemon
+from ls_space_sync.service.http import create_app, model_version
+from ls_space_sync.store.state import SUCCEEDED
 from tests.fakes import URL, FakeLabelStudio
 from tests.unit.test_daemon import make_settings, sample, wait_for
 
@@ -236,7 +236,7 @@ class FakeWebhooks:
 
 
 def test_webhooks_install_is_idempotent_and_remove_takes_only_ours(tmp_path):
-    from ls_space_sync.webhooks import apply
+    from ls_space_sync.service.webhooks import apply
 
     settings = make_settings(tmp_path, projects=[1, 2], server={"webhook_secret": SECRET, "port": 9191})
     with respx.mock(assert_all_called=False) as router:
@@ -262,7 +262,7 @@ def test_webhooks_install_is_idempotent_and_remove_takes_only_ours(tmp_path):
 
 def test_webhooks_install_needs_a_secret(tmp_path):
     from ls_space_sync.settings import ConfigError
-    from ls_space_sync.webhooks import apply
+    from ls_space_sync.service.webhooks import apply
 
     with respx.mock(assert_all_called=False) as router:
         FakeWebhooks().mount(router)

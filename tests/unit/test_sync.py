@@ -9,13 +9,13 @@ from datetime import timedelta
 import pytest
 import respx
 
-from ls_space_sync.maintenance import small_fragments
-from ls_space_sync.labelstudio import AuthError, LabelStudioClient, NotFound, ServerUnavailable
-from ls_space_sync.records import table_to_tasks
+from ls_space_sync.store.compaction import small_fragments
+from ls_space_sync.labelstudio.client import AuthError, LabelStudioClient, NotFound, ServerUnavailable
+from ls_space_sync.model.records import table_to_tasks
 from ls_space_sync.settings import load_settings
-from ls_space_sync.state import FAILED, SUCCEEDED
-from ls_space_sync.store import ProjectLocked, project_lock
-from ls_space_sync.sync import Syncer
+from ls_space_sync.store.state import FAILED, SUCCEEDED
+from ls_space_sync.store.dataset import ProjectLocked, project_lock
+from ls_space_sync.pull.run import Syncer
 from tests.fakes import KEY, URL, FakeLabelStudio
 
 

@@ -40,13 +40,13 @@ import pyarrow as pa
 from sqlalchemy import BigInteger, Boolean, Index, Integer, String, UniqueConstraint, delete, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .changes import stamp_of
-from .labelstudio import LabelStudioClient, LabelStudioError, ServerUnavailable
-from .logs import run_context
-from .records import row_to_task
-from .state import FAILED, RUNNING, SKIPPED, SUCCEEDED, Base, StateDB, SyncRun, UTCDateTime, utcnow
-from .store import ProjectStore, project_lock
-from .taskdiff import (  # noqa: F401 - re-exported: the push's errors and origin key are part of its API
+from ls_space_sync.model.changes import stamp_of
+from ls_space_sync.labelstudio.client import LabelStudioClient, LabelStudioError, ServerUnavailable
+from ls_space_sync.logs import run_context
+from ls_space_sync.model.records import row_to_task
+from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, Base, StateDB, SyncRun, UTCDateTime, utcnow
+from ls_space_sync.store.dataset import ProjectStore, project_lock
+from ls_space_sync.model.taskdiff import (  # noqa: F401 - re-exported: the push's errors and origin key are part of its API
     ORIGIN_KEY, LabelConfigMismatch, Op, PushError, annotation_author, batch_result_names, batch_stamps,
     check_label_config, content_hash, import_payload, require_results, result_names, task_ops,
 )
@@ -633,8 +633,8 @@ def push_command(ctx: Any, project: int, tag: str | None, version: int | None, a
     """
     import sys
 
-    from .cli import pick_version
-    from .logs import setup_logging
+    from ls_space_sync.cli.console import pick_version
+    from ls_space_sync.logs import setup_logging
 
     setup_logging(ctx.settings.log_format, ctx.verbose)
     if (to_project is None) == (not new_project):

@@ -16,15 +16,15 @@ from pathlib import Path
 import click
 from pydantic import SecretStr
 
-from .settings import Settings
-from .store import ProjectStore
+from ls_space_sync.settings import Settings
+from ls_space_sync.store.dataset import ProjectStore
 
 
 def run_demo(settings: Settings) -> int:
     """Run the quickstart; return the process exit code (0 ok, 1 a failure)."""
-    from .demo import create_sample_project
-    from .localserver import LocalLabelStudio, ensure_venv
-    from .sync import Syncer
+    from ls_space_sync.quickstart.demo import create_sample_project
+    from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv
+    from ls_space_sync.pull.run import Syncer
 
     data_dir = Path(settings.data_dir).resolve()
     click.echo("No Label Studio URL configured (label_studio.url / LABEL_STUDIO_URL): running the quickstart "

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 import click
 
-from .errors import LsSpaceSyncError
-from .labelstudio import LabelStudioError
-from .logs import setup_logging
-from .settings import ConfigError, Settings, load_settings
-from .store import ProjectLocked, ProjectStore, StoreError
+from ls_space_sync.errors import LsSpaceSyncError
+from ls_space_sync.labelstudio.client import LabelStudioError
+from ls_space_sync.logs import setup_logging
+from ls_space_sync.settings import ConfigError, Settings, load_settings
+from ls_space_sync.store.dataset import ProjectLocked, ProjectStore, StoreError
 
 log = logging.getLogger("ls_space_sync")
 
@@ -42,7 +42,7 @@ class Context:
     @property
     def syncer(self) -> Any:
         if self._syncer is None:
-            from .sync import Syncer
+            from ls_space_sync.pull.run import Syncer
 
             self._syncer = Syncer(self.settings)
         return self._syncer
@@ -110,7 +110,7 @@ def sync(ctx: Context, project: tuple[int, ...], full_scan: bool, progress: bool
     """
     setup_logging(ctx.settings.log_format, ctx.verbose)
     if not ctx.settings.label_studio.url:
-        from .quickstart import run_demo
+        from ls_space_sync.quickstart import run_demo
 
         sys.exit(run_demo(ctx.settings))
     failed = sync_projects(ctx.syncer, _projects(ctx, project), full_scan=full_scan, progress=progress)
@@ -151,7 +151,7 @@ def sync_projects(syncer: Any, project_ids: list[int], *, full_scan: bool = Fals
 @pass_ctx
 def runs(ctx: Context, project: int | None, limit: int, as_json: bool) -> None:
     """Show the latest sync runs, newest first."""
-    from .state import StateDB
+    from ls_space_sync.store.state import StateDB
 
     state = StateDB(ctx.settings.resolved_state_url)
     rows = state.runs(project, limit=limit)
@@ -233,7 +233,7 @@ def read(ctx: Context, project: int, tag: str | None, version: int | None, as_of
     """Write a project's tasks at a tag, version or time as JSONL (Label Studio task JSON) or Parquet."""
     import pyarrow.parquet as pq
 
-    from .records import row_to_task
+    from ls_space_sync.model.records import row_to_task
 
     ds = ctx.store(project).dataset(**pick_version(tag, version, as_of))
     if fmt == "parquet":
@@ -257,22 +257,22 @@ def read(ctx: Context, project: int, tag: str | None, version: int | None, as_of
 
 
 # Commands owned by other modules are registered below, one block per module.
-from .server import run_command  # noqa: E402
-from .webhooks import webhooks_command  # noqa: E402
+from ls_space_sync.service.http import run_command  # noqa: E402
+from ls_space_sync.service.webhooks import webhooks_command  # noqa: E402
 
 main.add_command(run_command)
 main.add_command(webhooks_command)
-from .mirror import mirror_command  # noqa: E402
-from .push import push_command  # noqa: E402
-from .restore import restore_command  # noqa: E402
+from ls_space_sync.push.mirror import mirror_command  # noqa: E402
+from ls_space_sync.push.engine import push_command  # noqa: E402
+from ls_space_sync.push.restore import restore_command  # noqa: E402
 
 main.add_command(push_command)
 main.add_command(restore_command)
 main.add_command(mirror_command)
-from .diff import diff_command  # noqa: E402
-from .export import export_command  # noqa: E402
-from .maintenance import compact_command  # noqa: E402
-from .query import sql_command  # noqa: E402
+from ls_space_sync.read.diff import diff_command  # noqa: E402
+from ls_space_sync.read.export import export_command  # noqa: E402
+from ls_space_sync.store.compaction import compact_command  # noqa: E402
+from ls_space_sync.read.query import sql_command  # noqa: E402
 
 main.add_command(sql_command)
 main.add_command(diff_command)

@@ -32,7 +32,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .errors import LsSpaceSyncError, Retriable
+from ls_space_sync.errors import LsSpaceSyncError, Retriable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,0 +1,1 @@
+"""The pull sync: a project's changes since the cursor -> one tagged Lance version per run."""

@@ -1,0 +1,173 @@
+"""Restore: make a Label Studio project's tasks equal to one of its stored versions.
+
+For when annotations were lost or spoiled. The plan compares the stored version with the
+project as it is now, which a pull run just before the plan records (so what the restore
+overwrites is itself kept as a version):
+
+- tasks of the version the project no longer has are imported again (new task ids);
+- tasks whose content (data, meta, annotations, predictions; :func:`ls_space_sync.taskdiff.content_of`)
+  differs are changed in place, as a push does: task ids stay;
+- tasks the version did not have are deleted, except one that holds the content of a missing
+  task (restored earlier under a new id): restoring twice changes nothing the second time.
+
+After the writes a second pull records the restored state as a new version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from ls_space_sync.push.engine import apply_ops
+from ls_space_sync.model.records import STAMP_COLUMNS
+from ls_space_sync.model.taskdiff import check_label_config, import_payload, plan_task_changes, require_results, result_names, task_ops
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RestorePlan:
+    """What a restore of ``project_id`` to ``version`` changes. Tasks as Label Studio task JSON."""
+
+    project_id: int
+    version: int
+    create: list[dict[str, Any]] = field(default_factory=list)  # tasks of the version to import
+    update: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (wanted, current)
+    delete: list[int] = field(default_factory=list)  # current task ids to delete
+    pulled: str = ""  # the summary of the pull that recorded the project before the plan
+
+    def __bool__(self) -> bool:
+        return bool(self.create or self.update or self.delete)
+
+    def describe(self, limit: int = 10) -> str:
+        """Lines for people: counts, and the first ``limit`` task ids of each kind."""
+        def ids(items: list[int]) -> str:
+            more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+            return ", ".join(str(i) for i in items[:limit]) + more
+
+        if not self:
+            return f"project {self.project_id} already equals version {self.version}: nothing to do"
+        lines = [f"restore project {self.project_id} to version {self.version}:"]
+        if self.create:
+            lines.append(f"  create {len(self.create)} tasks (were tasks {ids([t['id'] for t in self.create])}; "
+                         "they get new ids)")
+        if self.update:
+            lines.append(f"  update {len(self.update)} tasks in place: {ids([c['id'] for _, c in self.update])}")
+        if self.delete:
+            lines.append(f"  delete {len(self.delete)} tasks: {ids(self.delete)}")
+        return "\n".join(lines)
+
+
+def _tasks(ds: Any) -> dict[tuple[int, int], tuple[Any, Any]]:
+    """``{(id, created_at): (stamp columns, full row)}`` of every row of a dataset version."""
+    out = {}
+    for batch in ds.to_batches():
+        stamps = batch.select(STAMP_COLUMNS).to_pylist()
+        full = batch.to_pylist()
+        for s, row in zip(stamps, full):
+            created = s["created_at"]
+            out[(s["id"], created)] = (s, row)
+    return out
+
+
+def plan_restore(syncer: Any, project_id: int, version: int | str | None = None, *, as_of: Any = None) -> RestorePlan:
+    """Pull the project, then compare the stored ``version`` (number or tag, or ``as_of`` a UTC
+    time) with the pulled state.
+
+    Raises:
+        StoreError: no such version or tag. LabelStudioError: the pull failed.
+        PushError: the version's annotations were stored without results (see ``require_results``).
+    """
+    pulled = syncer.run_once(project_id, trigger="restore")
+    store = syncer.store(project_id)
+    wanted_ds = store.dataset(version, as_of=as_of)
+    plan = RestorePlan(project_id, wanted_ds.version, pulled=pulled.summary())
+    plan.create, plan.update, plan.delete = plan_task_changes(_tasks(wanted_ds), _tasks(store.dataset()))
+    for task in plan.create + [want for want, _ in plan.update]:
+        require_results(task)
+    return plan
+
+
+def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> dict[str, Any]:
+    """Carry out a plan from :func:`plan_restore`; then pull the project again.
+
+    Returns:
+        ``{"created", "updated", "deleted", "requests", "pulled": the final pull's summary}``.
+
+    Raises:
+        LabelConfigMismatch: the project's label config lacks controls the version's results use.
+        LabelStudioError: the server refused a request (its message passed on).
+    """
+    from tqdm import tqdm
+
+    client = syncer.client
+    before = client.requests
+    out: dict[str, Any] = {"created": 0, "updated": 0, "deleted": 0}
+    if plan:
+        names = set().union(*(result_names(t) for t in plan.create + [w for w, _ in plan.update]))
+        if names:
+            check_label_config(client.project(plan.project_id).label_config, names, plan.project_id)
+        users = client.user_ids()
+        chunk = syncer.settings.push.chunk_size
+        with tqdm(total=len(plan.create) + len(plan.update) + len(plan.delete), unit="task",
+                  disable=not progress, desc=f"restore project {plan.project_id}") as bar:
+            for start in range(0, len(plan.create), chunk):
+                part = plan.create[start:start + chunk]
+                client.import_tasks(plan.project_id, [import_payload(t, None, users) for t in part])
+                out["created"] += len(part)
+                bar.update(len(part))
+            for want, have in plan.update:
+                ops = task_ops(import_payload(want, None, users), have)
+                apply_ops(client, have["id"], ops)
+                out["updated"] += 1
+                bar.update(1)
+            for start in range(0, len(plan.delete), chunk):
+                part = plan.delete[start:start + chunk]
+                client.delete_tasks(plan.project_id, part)
+                out["deleted"] += len(part)
+                bar.update(len(part))
+    out["requests"] = client.requests - before
+    out["pulled"] = syncer.run_once(plan.project_id, trigger="restore").summary()
+    log.info("restored project %s to version %s: %s", plan.project_id, plan.version, json.dumps(out))
+    return out
+
+
+@click.command("restore")
+@click.option("--project", "-p", type=int, required=True, help="The project to restore.")
+@click.option("--tag", help="The tag to restore, e.g. run-000003.")
+@click.option("--version", "version", type=int, help="A version number instead of a tag.")
+@click.option("--as-of", "as_of", metavar="TIME", help="The version current at this UTC time (ISO 8601).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.pass_obj
+def restore_command(ctx: Any, project: int, tag: str | None, version: int | None, as_of: str | None, yes: bool,
+                    progress: bool | None) -> None:
+    """Make a project's tasks equal to a stored version: create, update in place, delete.
+
+    Shows what will change and asks first (unless --yes). The project is pulled before (what the
+    restore overwrites stays in the dataset) and after.
+    """
+    import sys
+
+    from ls_space_sync.cli.console import pick_version
+    from ls_space_sync.logs import setup_logging
+
+    setup_logging(ctx.settings.log_format, ctx.verbose)
+    if tag is None and version is None and as_of is None:
+        raise click.UsageError("say which version to restore: --tag, --version or --as-of")
+    which = pick_version(tag, version, as_of)
+    plan = plan_restore(ctx.syncer, project, which.get("version"), as_of=which.get("as_of"))
+    click.echo(f"pulled first: {plan.pulled}")
+    click.echo(plan.describe())
+    if not plan:
+        return
+    if not yes:
+        click.confirm("apply these changes to the project in Label Studio?", abort=True)
+    show = sys.stderr.isatty() if progress is None else progress
+    done = apply_restore(ctx.syncer, plan, progress=show)
+    click.echo(f"restored project {project} to v{plan.version}: +{done['created']} ~{done['updated']} "
+               f"-{done['deleted']} ({done['requests']} requests); pulled after: {done['pulled']}")

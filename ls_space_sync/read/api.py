@@ -1,0 +1,286 @@
+"""The Python API: read, query, diff, export and compact stored versions without the CLI.
+
+    import ls_space_sync as lss
+
+    ds = lss.open_dataset(3, tag="run-000002")          # a lance.LanceDataset, pinned to that version
+    ds.to_table(columns=["id", "updated_at"], filter="is_labeled")
+    lss.sql("SELECT count(*) FROM project_3")            # a pyarrow.Table
+    lss.version_diff(3, "run-000001", "run-000002").counts  # {"inserted": 2, "updated": 5, "deleted": 1}
+    lss.to_hf_dataset(3, regions=True)                   # datasets.Dataset, one row per region
+    lss.torch_iterable(3, tag="run-000002")              # torch IterableDataset of task JSON
+
+Every function finds the store through the settings (``settings``, else ``load_settings()``: the
+config file and environment as for the CLI), or through ``data_dir`` if given. A version is chosen
+with at most one of ``tag`` (``"run-000002"``), ``version`` (an int) or ``as_of`` (a UTC time, a
+``datetime`` or ISO 8601 string; the version current then); none means the latest.
+
+The stored row of a task (one per task, primary key ``id``; see :mod:`ls_space_sync.records`):
+
+==========================  ====================================================================
+``id, project, inner_id``   int64; Label Studio's task id, project id, and number within it
+``created_at, updated_at``  timestamp[us, UTC]; ``updated_at`` moves on annotation, prediction
+                            and data edits
+``updated_by``              int64 user id
+``data``                    struct of strings, one field per ``$key`` of the label config
+                            (``data.text``, ``data.image``); non-strings as JSON
+``data_json``               the task's ``data`` as JSON (lossless)
+``meta``, ``extra``         JSON strings: task meta, and every other task key
+``is_labeled``              bool
+``total_annotations``, ...  int64 counters (``cancelled_annotations``, ``total_predictions``,
+                            ``overlap``, ``comment_count``, ``unresolved_comment_count``)
+``annotations``             list of struct: ``id, completed_by, created_at, updated_at,
+                            lead_time`` (seconds), ``was_cancelled, ground_truth, result``
+                            (the Label Studio result list, JSON), ``extra`` (JSON)
+``predictions``             list of struct: ``id, model_version, score, created_at,
+                            updated_at, result`` (JSON), ``extra`` (JSON)
+``run_id``                  the sync run that wrote the row
+==========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import duckdb
+import lance
+import pyarrow as pa
+
+from ls_space_sync.read import export as _export
+from ls_space_sync.read import query as _query
+from ls_space_sync.read.diff import VersionDiff, diff_versions, open_ref
+from ls_space_sync.store.compaction import compact_project
+from ls_space_sync.model.records import format_ts, row_to_task
+from ls_space_sync.settings import Settings, load_settings
+from ls_space_sync.store.dataset import ProjectStore, check_filter
+
+Ref = str | int | None
+
+
+def _settings(settings: Settings | None, data_dir: str | Path | None) -> Settings:
+    if settings is not None and data_dir is not None:
+        raise ValueError("give settings or data_dir, not both")
+    if settings is not None:
+        return settings
+    return load_settings(overrides={"data_dir": str(data_dir)} if data_dir is not None else None)
+
+
+def ref_of(tag: str | None = None, version: int | None = None, as_of: datetime | str | None = None) -> Ref:
+    """Turn ``tag``/``version``/``as_of`` (at most one) into a ref for :func:`ls_space_sync.diff.parse_ref`.
+
+    Raises:
+        ValueError: more than one was given.
+    """
+    given = [x for x in (tag, version, as_of) if x is not None]
+    if len(given) > 1:
+        raise ValueError("give at most one of tag, version and as_of")
+    if as_of is not None:
+        return "@" + (format_ts(as_of) if isinstance(as_of, datetime) else str(as_of))
+    if version is not None:
+        return int(version)
+    return tag
+
+
+def project_store(project: int, *, settings: Settings | None = None, data_dir: str | Path | None = None) -> ProjectStore:
+    """The :class:`ProjectStore` of a project (versions, tags, properties, label config)."""
+    return ProjectStore(_settings(settings, data_dir).resolved_store_root, int(project))
+
+
+def open_dataset(
+    project: int,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    data_dir: str | Path | None = None,
+) -> lance.LanceDataset:
+    """Open a project's dataset at a version (columns: see the module docstring).
+
+    Returns:
+        A ``lance.LanceDataset`` pinned to the version: ``.to_table(columns=, filter=)``,
+        ``.to_batches()``, ``.count_rows()``; it is also a ``pyarrow.dataset.Dataset``.
+
+    Raises:
+        StoreError: the project has no dataset, or no such tag/version/time.
+        ValueError: more than one of ``tag``, ``version``, ``as_of``.
+    """
+    store = project_store(project, settings=settings, data_dir=data_dir)
+    return open_ref(store, ref_of(tag, version, as_of))
+
+
+def read_tasks(
+    project: int,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    where: str | None = None,
+    data_dir: str | Path | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield a version's tasks as Label Studio task JSON (``GET /api/tasks?fields=all`` shape).
+
+    ``where`` is a SQL predicate on the stored columns, e.g. ``"is_labeled"``.
+
+    Raises:
+        StoreError: no dataset or no such version. BadFilter: ``where`` does not parse.
+    """
+    ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+    check_filter(ds, where)
+    for batch in _export.task_batches(ds, where=where):
+        for row in batch.to_pylist():
+            yield row_to_task(row)
+
+
+def connect(
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    at: Mapping[int, Ref] | None = None,
+    data_dir: str | Path | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with every stored project as table ``project_<id>``.
+
+    ``tag``/``version``/``as_of`` choose the version of every table; ``at`` overrides it per
+    project, ``{3: "run-000002", 4: 7}``. Close it when done.
+    """
+    root = _settings(settings, data_dir).resolved_store_root
+    return _query.connect(root, ref=ref_of(tag, version, as_of), refs=at)
+
+
+def sql(
+    query: str,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    at: Mapping[int, Ref] | None = None,
+    data_dir: str | Path | None = None,
+) -> pa.Table:
+    """Run one DuckDB SQL query over the project tables it names; return the result as Arrow.
+
+    See :data:`ls_space_sync.query.EXAMPLES` for worked queries.
+
+    Raises:
+        QueryError: DuckDB rejected the query.
+        StoreError: a named project has no dataset, or no such version.
+    """
+    root = _settings(settings, data_dir).resolved_store_root
+    return _query.sql(root, query, ref=ref_of(tag, version, as_of), refs=at)
+
+
+def version_diff(
+    project: int, old: Ref, new: Ref = None, settings: Settings | None = None, *, details: bool = True,
+    data_dir: str | Path | None = None,
+) -> VersionDiff:
+    """Tasks inserted, updated and deleted from ``old`` to ``new`` (refs: tag, version, ``@time``;
+    ``new`` default latest), with annotation/prediction changes of updated tasks."""
+    return diff_versions(project_store(project, settings=settings, data_dir=data_dir), old, new, details=details)
+
+
+def export_version(
+    project: int,
+    path: str | Path,
+    format: str = "parquet",
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    regions: bool = False,
+    where: str | None = None,
+    source: str = "annotations",
+    data_dir: str | Path | None = None,
+) -> int:
+    """Write a version to ``path`` as ``parquet``, ``jsonl`` or ``hf`` (a ``save_to_disk`` folder).
+
+    Tasks by default (stored rows in Parquet/HF, Label Studio task JSON in JSONL), or one row per
+    region with ``regions=True`` (:data:`ls_space_sync.export.REGION_SCHEMA`). Returns the rows written.
+
+    Raises:
+        ValueError: an unknown format.
+        MissingExtra: ``format="hf"`` without the ``hf`` extra.
+    """
+    ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+    check_filter(ds, where)
+    options = {"regions": regions, "where": where, "source": source}
+    if format == "parquet":
+        return _export.write_parquet(ds, Path(path), **options)
+    if format == "jsonl":
+        return _export.write_jsonl(ds, Path(path), **options)
+    if format == "hf":
+        return _export.save_hf(ds, Path(path), **options)
+    raise ValueError(f"unknown export format {format!r}; use parquet, jsonl or hf")
+
+
+def to_hf_dataset(
+    project: int,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    regions: bool = False,
+    where: str | None = None,
+    columns: list[str] | None = None,
+    source: str = "annotations",
+    data_dir: str | Path | None = None,
+) -> Any:
+    """A Hugging Face ``datasets.Dataset`` of a version: stored task rows, or regions.
+
+    Raises:
+        MissingExtra: ``datasets`` is not installed (``pip install 'ls-space-sync[hf]'``).
+    """
+    ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+    return _export.to_hf_dataset(ds, regions=regions, where=where, columns=columns, source=source)
+
+
+def torch_iterable(
+    project: int,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    regions: bool = False,
+    where: str | None = None,
+    source: str = "annotations",
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    data_dir: str | Path | None = None,
+) -> Any:
+    """A ``torch.utils.data.IterableDataset`` of task JSON (or region dicts), pinned to a version.
+
+    Use it with ``DataLoader(..., batch_size=None)`` or a ``collate_fn``; with ``num_workers > 0``
+    pass ``multiprocessing_context="spawn"`` (or ``"forkserver"``): Lance is not fork-safe.
+
+    Raises:
+        MissingExtra: ``torch`` is not installed (``pip install 'ls-space-sync[torch]'``).
+    """
+    ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+    return _export.torch_iterable(ds, regions=regions, where=where, source=source, transform=transform)
+
+
+def compact(
+    project: int | None = None,
+    settings: Settings | None = None,
+    *,
+    retention_seconds: float | None = None,
+    keep_tags_count: int | None = None,
+    keep_tags_days: float | None = None,
+    dry_run: bool = False,
+    data_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Compact one project's dataset, or every stored one; return one report per project
+    (see :func:`ls_space_sync.maintenance.compact_project`)."""
+    resolved = _settings(settings, data_dir)
+    ids = [int(project)] if project is not None else _query.stored_projects(resolved.resolved_store_root)
+    return [
+        compact_project(resolved, pid, retention_seconds=retention_seconds, keep_tags_count=keep_tags_count,
+                        keep_tags_days=keep_tags_days, dry_run=dry_run)
+        for pid in ids
+    ]

@@ -1,0 +1,1 @@
+"""The daemon: schedules, webhooks, the ML-backend endpoints, health and metrics over HTTP."""
