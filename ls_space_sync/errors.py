@@ -39,6 +39,11 @@ class UsageError(Terminal):
     exit_code = 2
 
 
+class BadRef(UsageError, ValueError):
+    """A version selection that cannot be read: more than one of tag, version and time, or a
+    version that is not a number."""
+
+
 class BadTime(UsageError, ValueError):
     """A time that is not ISO 8601 (``2026-11-21T18:00:00Z``)."""
 

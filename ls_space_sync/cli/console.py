@@ -12,13 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 import click
 
+from ls_space_sync.cli.options import pick_version, project_option, version_options
 from ls_space_sync.errors import LsSpaceSyncError
-from ls_space_sync.labelstudio.client import LabelStudioError
-from ls_space_sync.logs import setup_logging
-from ls_space_sync.settings import ConfigError, Settings, load_settings
-from ls_space_sync.store.dataset import ProjectLocked, ProjectStore, StoreError
+
+if TYPE_CHECKING:
+    from ls_space_sync.pull.run import Syncer
+    from ls_space_sync.settings import Settings
+    from ls_space_sync.store.dataset import ProjectStore
 
 log = logging.getLogger("ls_space_sync")
 
@@ -30,17 +35,21 @@ class Context:
     config: str | None
     verbose: int
     _settings: Settings | None = None
-    _syncer: Any = None
+    _syncer: Syncer | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:
+        """The settings, loaded on first use (``ConfigError``: exit 2 with one line per problem)."""
         if self._settings is None:
+            from ls_space_sync.settings import load_settings
+
             self._settings = load_settings(self.config, overrides=self.overrides)
         return self._settings
 
     @property
-    def syncer(self) -> Any:
+    def syncer(self) -> Syncer:
+        """The workspace with its pull runner (client, state, store root), built on first use."""
         if self._syncer is None:
             from ls_space_sync.pull.run import Syncer
 
@@ -48,6 +57,9 @@ class Context:
         return self._syncer
 
     def store(self, project_id: int) -> ProjectStore:
+        """A project's dataset under the configured store root."""
+        from ls_space_sync.store.dataset import ProjectStore
+
         return ProjectStore(self.settings.resolved_store_root, project_id)
 
 
@@ -65,8 +77,33 @@ class _Failure(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+# Commands that live in other modules of this tree: name -> "module:attribute", imported only when
+# the command runs or its help is shown, so ``ls-space-sync --help`` stays a click-only import.
+LAZY_COMMANDS = {
+    "run": "ls_space_sync.cli.service:run_command",
+    "webhooks": "ls_space_sync.cli.service:webhooks_command",
+    "push": "ls_space_sync.cli.push:push_command",
+    "restore": "ls_space_sync.cli.push:restore_command",
+    "mirror": "ls_space_sync.cli.push:mirror_command",
+    "sql": "ls_space_sync.cli.read:sql_command",
+    "diff": "ls_space_sync.cli.read:diff_command",
+    "export": "ls_space_sync.cli.read:export_command",
+    "compact": "ls_space_sync.cli.store:compact_command",
+}
+
+
 class _Group(click.Group):
-    """The command group: every package error becomes one line and an exit code, never a traceback."""
+    """The command group: commands load on first use (:data:`LAZY_COMMANDS`), and every package
+    error becomes one line and an exit code, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -108,6 +145,8 @@ def sync(ctx: Context, project: tuple[int, ...], full_scan: bool, progress: bool
     With no Label Studio URL configured, starts a local Label Studio with a sample project
     (installed into DATA_DIR/label-studio-venv on first use), syncs it and shows its tags.
     """
+    from ls_space_sync.logs import setup_logging
+
     setup_logging(ctx.settings.log_format, ctx.verbose)
     if not ctx.settings.label_studio.url:
         from ls_space_sync.quickstart import run_demo
@@ -180,7 +219,9 @@ def runs(ctx: Context, project: int | None, limit: int, as_json: bool) -> None:
 @pass_ctx
 def tags(ctx: Context, project: tuple[int, ...]) -> None:
     """List each project's tagged versions with their time and change counts."""
-    ids = list(project) or stored_project_ids(ctx.settings.resolved_store_root)
+    from ls_space_sync.store.dataset import stored_projects
+
+    ids = list(project) or stored_projects(ctx.settings.resolved_store_root)
     for pid in ids:
         store = ctx.store(pid)
         click.echo(f"project {pid} ({store.uri}):")
@@ -190,35 +231,6 @@ def tags(ctx: Context, project: tuple[int, ...]) -> None:
             c = v["counts"] or {}
             click.echo(f"  {', '.join(v['tags']):14} v{v['version']:<5} {v['timestamp']:%Y-%m-%d %H:%M:%S}Z "
                        f"{v['rows']:>8} tasks  +{c.get('inserted', 0)} ~{c.get('updated', 0)} -{c.get('deleted', 0)}")
-
-
-def stored_project_ids(root: Path) -> list[int]:
-    """Ids of the projects that have a dataset under ``root``."""
-    out = []
-    for p in Path(root).glob("project-*.lance"):
-        try:
-            out.append(int(p.name[len("project-"):-len(".lance")]))
-        except ValueError:
-            continue
-    return sorted(out)
-
-
-def version_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--tag``, ``--version`` and ``--as-of`` options (at most one) for commands that read a version."""
-    fn = click.option("--as-of", "as_of", metavar="TIME", help="The version current at this UTC time (ISO 8601).")(fn)
-    fn = click.option("--version", "version", type=int, help="A version number.")(fn)
-    fn = click.option("--tag", "tag", help="A tag, e.g. run-000003.")(fn)
-    return fn
-
-
-def pick_version(tag: str | None, version: int | None, as_of: str | None) -> dict[str, Any]:
-    """Turn the version options into ``ProjectStore.dataset`` arguments; exit 2 if more than one is given."""
-    given = [x for x in (tag, version, as_of) if x is not None]
-    if len(given) > 1:
-        raise click.UsageError("give at most one of --tag, --version and --as-of")
-    if as_of is not None:
-        return {"as_of": as_of}
-    return {"version": tag if tag is not None else version}
 
 
 @main.command()
@@ -254,30 +266,6 @@ def read(ctx: Context, project: int, tag: str | None, version: int | None, as_of
         if output:
             out.close()
             click.echo(f"wrote {ds.count_rows()} tasks of project {project} v{ds.version} to {output}", err=True)
-
-
-# Commands owned by other modules are registered below, one block per module.
-from ls_space_sync.service.http import run_command  # noqa: E402
-from ls_space_sync.service.webhooks import webhooks_command  # noqa: E402
-
-main.add_command(run_command)
-main.add_command(webhooks_command)
-from ls_space_sync.push.mirror import mirror_command  # noqa: E402
-from ls_space_sync.push.engine import push_command  # noqa: E402
-from ls_space_sync.push.restore import restore_command  # noqa: E402
-
-main.add_command(push_command)
-main.add_command(restore_command)
-main.add_command(mirror_command)
-from ls_space_sync.read.diff import diff_command  # noqa: E402
-from ls_space_sync.read.export import export_command  # noqa: E402
-from ls_space_sync.store.compaction import compact_command  # noqa: E402
-from ls_space_sync.read.query import sql_command  # noqa: E402
-
-main.add_command(sql_command)
-main.add_command(diff_command)
-main.add_command(export_command)
-main.add_command(compact_command)
 
 
 def run() -> None:

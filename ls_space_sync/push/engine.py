@@ -633,7 +633,7 @@ def push_command(ctx: Any, project: int, tag: str | None, version: int | None, a
     """
     import sys
 
-    from ls_space_sync.cli.console import pick_version
+    from ls_space_sync.cli.options import pick_version
     from ls_space_sync.logs import setup_logging
 
     setup_logging(ctx.settings.log_format, ctx.verbose)

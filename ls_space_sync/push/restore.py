@@ -153,7 +153,7 @@ def restore_command(ctx: Any, project: int, tag: str | None, version: int | None
     """
     import sys
 
-    from ls_space_sync.cli.console import pick_version
+    from ls_space_sync.cli.options import pick_version
     from ls_space_sync.logs import setup_logging
 
     setup_logging(ctx.settings.log_format, ctx.verbose)

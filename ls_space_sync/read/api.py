@@ -52,10 +52,11 @@ from ls_space_sync.read import query as _query
 from ls_space_sync.read.diff import VersionDiff, diff_versions, open_ref
 from ls_space_sync.store.compaction import compact_project
 from ls_space_sync.model.records import format_ts, row_to_task
+from ls_space_sync.model.refs import Ref, from_options
 from ls_space_sync.settings import Settings, load_settings
 from ls_space_sync.store.dataset import ProjectStore, check_filter
 
-Ref = str | int | None
+RefLike = Ref | str | int | None
 
 
 def _settings(settings: Settings | None, data_dir: str | Path | None) -> Settings:
@@ -67,19 +68,12 @@ def _settings(settings: Settings | None, data_dir: str | Path | None) -> Setting
 
 
 def ref_of(tag: str | None = None, version: int | None = None, as_of: datetime | str | None = None) -> Ref:
-    """Turn ``tag``/``version``/``as_of`` (at most one) into a ref for :func:`ls_space_sync.diff.parse_ref`.
+    """The :class:`ls_space_sync.model.refs.Ref` of ``tag``/``version``/``as_of`` (at most one).
 
     Raises:
-        ValueError: more than one was given.
+        BadRef: more than one was given. BadTime: ``as_of`` is not ISO 8601.
     """
-    given = [x for x in (tag, version, as_of) if x is not None]
-    if len(given) > 1:
-        raise ValueError("give at most one of tag, version and as_of")
-    if as_of is not None:
-        return "@" + (format_ts(as_of) if isinstance(as_of, datetime) else str(as_of))
-    if version is not None:
-        return int(version)
-    return tag
+    return from_options(tag, version, as_of)
 
 
 def project_store(project: int, *, settings: Settings | None = None, data_dir: str | Path | None = None) -> ProjectStore:
@@ -140,7 +134,7 @@ def connect(
     as_of: datetime | str | None = None,
     settings: Settings | None = None,
     *,
-    at: Mapping[int, Ref] | None = None,
+    at: Mapping[int, RefLike] | None = None,
     data_dir: str | Path | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with every stored project as table ``project_<id>``.
@@ -159,7 +153,7 @@ def sql(
     as_of: datetime | str | None = None,
     settings: Settings | None = None,
     *,
-    at: Mapping[int, Ref] | None = None,
+    at: Mapping[int, RefLike] | None = None,
     data_dir: str | Path | None = None,
 ) -> pa.Table:
     """Run one DuckDB SQL query over the project tables it names; return the result as Arrow.
@@ -175,7 +169,7 @@ def sql(
 
 
 def version_diff(
-    project: int, old: Ref, new: Ref = None, settings: Settings | None = None, *, details: bool = True,
+    project: int, old: RefLike, new: RefLike = None, settings: Settings | None = None, *, details: bool = True,
     data_dir: str | Path | None = None,
 ) -> VersionDiff:
     """Tasks inserted, updated and deleted from ``old`` to ``new`` (refs: tag, version, ``@time``;

@@ -32,6 +32,7 @@ import duckdb
 import lance
 
 from ls_space_sync.model.records import STAMP_COLUMNS, format_ts
+from ls_space_sync.model.refs import Ref, parse_ref
 from ls_space_sync.store.dataset import ProjectStore
 
 # Rows read per Lance filter in the details pass (``id IN (...)``).
@@ -40,33 +41,13 @@ _DETAIL_CHUNK = 2000
 _SKIP_FIELDS = {"id", "annotations", "predictions", "run_id", "data"}
 
 
-def parse_ref(ref: str | int | None) -> dict[str, Any]:
-    """Turn a ref into :meth:`ProjectStore.dataset` arguments.
-
-    ``None``/``"latest"`` -> latest; ``7``/``"7"``/``"v7"`` -> version 7; ``"@<ISO time>"`` -> as of
-    that UTC time; anything else -> a tag name.
-    """
-    if ref is None or (isinstance(ref, str) and ref.strip().lower() in ("", "latest", "head")):
-        return {"version": None}
-    if isinstance(ref, int):
-        return {"version": ref}
-    text = ref.strip()
-    if text.startswith("@"):
-        return {"as_of": text[1:]}
-    if text[:1] in "vV" and text[1:].isdigit():
-        return {"version": int(text[1:])}
-    if text.isdigit():
-        return {"version": int(text)}
-    return {"version": text}
-
-
-def open_ref(store: ProjectStore, ref: str | int | None) -> lance.LanceDataset:
-    """Open ``store``'s dataset at a ref (see :func:`parse_ref`).
+def open_ref(store: ProjectStore, ref: Ref | str | int | None) -> lance.LanceDataset:
+    """Open ``store``'s dataset at a ref (see :func:`ls_space_sync.model.refs.parse_ref`).
 
     Raises:
         StoreError: no dataset, or no such tag/version, or nothing committed by that time.
     """
-    return store.dataset(**parse_ref(ref))
+    return store.dataset(**parse_ref(ref).dataset_args())
 
 
 @dataclass
@@ -289,7 +270,7 @@ def task_updates(old: lance.LanceDataset, new: lance.LanceDataset, ids: Sequence
 def diff_versions(
     store: ProjectStore, old: str | int | None, new: str | int | None = None, *, details: bool = True
 ) -> VersionDiff:
-    """Diff two versions of a project's dataset (refs as in :func:`parse_ref`; ``new`` default latest).
+    """Diff two versions of a project's dataset (refs as in :func:`ls_space_sync.model.refs.parse_ref`; ``new`` default latest).
 
     Args:
         store: the project's store.
@@ -323,27 +304,3 @@ def diff_versions(
         details=details,
     )
 
-
-
-@click.command("diff")
-@click.option("--project", "-p", type=int, required=True, help="Project id.")
-@click.argument("old")
-@click.argument("new", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object.")
-@click.option("--no-details", is_flag=True, help="Task ids only: skip annotation and prediction changes.")
-@click.option("--limit", default=20, show_default=True, help="Ids and tasks listed per kind (people's output).")
-@click.pass_obj
-def diff_command(obj: Any, project: int, old: str, new: str | None, as_json: bool, no_details: bool,
-                 limit: int) -> None:
-    """Show the tasks inserted, updated and deleted between two versions of a project.
-
-    OLD and NEW are tags (run-000002), version numbers (7 or v7), @TIME (UTC, ISO 8601) or
-    latest; NEW defaults to latest. Updated tasks list their changed fields and annotations and
-    predictions added (+), changed (~) and removed (-), by id.
-    """
-    result = diff_versions(ProjectStore(obj.settings.resolved_store_root, project), old, new, details=not no_details)
-    if as_json:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
-        return
-    for line in result.lines(limit):
-        click.echo(line)

@@ -250,39 +250,3 @@ def __getattr__(name: str) -> Any:
         return _lance_tasks_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-@click.command("export")
-@click.option("--project", "-p", type=int, required=True, help="Project id.")
-@click.option("--tag", help="A tag, e.g. run-000003 (default: latest).")
-@click.option("--version", "version", type=int, help="A version number.")
-@click.option("--as-of", "as_of", metavar="TIME", help="The version current at this UTC time (ISO 8601).")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "hf"]), default="parquet", show_default=True,
-              help="parquet: stored rows; jsonl: Label Studio task JSON; hf: a Hugging Face datasets folder.")
-@click.option("--regions", is_flag=True, help="One row per region (label, box/span, author) instead of per task.")
-@click.option("--source", type=click.Choice(["annotations", "predictions"]), default="annotations", show_default=True,
-              help="Whose regions --regions flattens.")
-@click.option("--where", metavar="SQL", help='Only tasks matching this predicate, e.g. "is_labeled".')
-@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="File (or folder for hf).")
-@click.pass_obj
-def export_command(obj: Any, project: int, tag: str | None, version: int | None, as_of: str | None, fmt: str,
-                   regions: bool, source: str, where: str | None, output: Path) -> None:
-    """Export a version of a project for training: Parquet, JSONL or a Hugging Face dataset."""
-    from ls_space_sync.read.api import export_version, ref_of
-
-    try:
-        ref_of(tag, version, as_of)
-    except ValueError:
-        raise click.UsageError("give at most one of --tag, --version and --as-of") from None
-    try:
-        rows = export_version(project, output, fmt, tag, version, as_of, obj.settings, regions=regions, where=where,
-                      source=source)
-    except MissingExtra as exc:
-        raise click.ClickException(str(exc)) from None
-    except BadFilter as exc:
-        raise click.ClickException(f"export failed: {exc}") from None
-    except LsSpaceSyncError:
-        raise  # one line and its exit code (a malformed time: 2), from the command group
-    except (OSError, ValueError) as exc:  # Lance reports a bad --where as ValueError/OSError
-        raise click.ClickException(f"export failed: {exc}") from None
-    what = f"{source[:-1]} regions" if regions else "tasks"
-    click.echo(f"wrote {rows} {what} of project {project} to {output}", err=True)

@@ -26,74 +26,12 @@ import pyarrow as pa
 
 from ls_space_sync.read.diff import open_ref
 from ls_space_sync.errors import Terminal
-from ls_space_sync.store.dataset import ProjectStore
+from ls_space_sync.model.refs import Ref
+from ls_space_sync.read.examples import EXAMPLES
+from ls_space_sync.store.dataset import ProjectStore, stored_projects  # noqa: F401 - stored_projects: its old home
 
 _TABLE = re.compile(r"^project_(\d+)$")
 
-EXAMPLES: dict[str, str] = {
-    "label-distribution": """
--- Label distribution per control (from_name): regions and tasks per label.
--- Cancelled (skipped) annotations are left out.
-SELECT r.value ->> 'from_name' AS control,
-       l.value ->> '$' AS label,
-       count(*) AS regions,
-       count(DISTINCT t.id) AS tasks
-FROM {table} AS t,
-     unnest(t.annotations) AS u(a),
-     json_each(a.result) AS r,
-     json_each(r.value, '$.value.' || (r.value ->> 'type')) AS l
-WHERE NOT coalesce(a.was_cancelled, false)
-GROUP BY ALL
-ORDER BY control, regions DESC, label
-""",
-    "annotations-per-annotator": """
--- Annotations per annotator (completed_by = Label Studio user id).
-SELECT a.completed_by AS annotator,
-       count(*) AS annotations,
-       count(*) FILTER (WHERE a.was_cancelled) AS cancelled,
-       count(DISTINCT t.id) AS tasks,
-       min(a.created_at) AS first_created,
-       max(a.updated_at) AS last_updated
-FROM {table} AS t, unnest(t.annotations) AS u(a)
-GROUP BY ALL
-ORDER BY annotations DESC, annotator
-""",
-    "disagreements": """
--- Tasks whose annotators disagree: per task and control, more than one distinct answer, where an
--- answer is the sorted list of labels one annotation gives for that control.
-WITH answers AS (
-    SELECT t.id AS task_id, a.id AS annotation_id, r.value ->> 'from_name' AS control,
-           list_sort(list(l.value ->> '$')) AS answer
-    FROM {table} AS t,
-         unnest(t.annotations) AS u(a),
-         json_each(a.result) AS r,
-         json_each(r.value, '$.value.' || (r.value ->> 'type')) AS l
-    WHERE NOT coalesce(a.was_cancelled, false)
-    GROUP BY ALL
-)
-SELECT task_id, control,
-       count(*) AS annotations,
-       count(DISTINCT answer) AS distinct_answers,
-       list_sort(list(DISTINCT array_to_string(answer, '|'))) AS answers
-FROM answers
-GROUP BY ALL
-HAVING count(DISTINCT answer) > 1
-ORDER BY task_id, control
-""",
-    "lead-time": """
--- Lead time (seconds an annotator spent on an annotation) percentiles, per annotator and overall.
-SELECT coalesce(CAST(a.completed_by AS VARCHAR), 'all') AS annotator,
-       count(a.lead_time) AS annotations,
-       quantile_cont(a.lead_time, 0.5) AS p50_seconds,
-       quantile_cont(a.lead_time, 0.9) AS p90_seconds,
-       quantile_cont(a.lead_time, 0.99) AS p99_seconds,
-       max(a.lead_time) AS max_seconds
-FROM {table} AS t, unnest(t.annotations) AS u(a)
-WHERE NOT coalesce(a.was_cancelled, false) AND a.lead_time IS NOT NULL
-GROUP BY ROLLUP (a.completed_by)
-ORDER BY GROUPING(a.completed_by), a.completed_by
-""",
-}
 
 
 class QueryError(Terminal, ValueError):
@@ -114,16 +52,6 @@ def example(name: str, project_id: int) -> str:
     if name not in EXAMPLES:
         raise QueryError(f"no example query {name!r}; choose one of: {', '.join(EXAMPLES)}")
     return EXAMPLES[name].strip().format(table=table_name(project_id))
-
-
-def stored_projects(root: Path) -> list[int]:
-    """Ids of the projects that have a dataset under the store root."""
-    out = []
-    for path in Path(root).glob("project-*.lance"):
-        suffix = path.name[len("project-"):-len(".lance")]
-        if suffix.isdigit() and ProjectStore(root, int(suffix)).exists():
-            out.append(int(suffix))
-    return sorted(out)
 
 
 def _identifiers(query: str) -> list[str]:
@@ -164,8 +92,8 @@ def referenced_projects(query: str, root: Path) -> list[int]:
 def connect(
     root: Path,
     *,
-    ref: str | int | None = None,
-    refs: Mapping[int, str | int | None] | None = None,
+    ref: Ref | str | int | None = None,
+    refs: Mapping[int, Ref | str | int | None] | None = None,
     projects: Iterable[int] | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open an in-memory DuckDB connection with project datasets as tables ``project_<id>``.
@@ -195,8 +123,8 @@ def run(
     root: Path,
     query: str,
     *,
-    ref: str | int | None = None,
-    refs: Mapping[int, str | int | None] | None = None,
+    ref: Ref | str | int | None = None,
+    refs: Mapping[int, Ref | str | int | None] | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, Any]:
     """Run one SQL statement over the project tables it names; return ``(connection, relation)``.
 
@@ -259,78 +187,3 @@ def sql(root: Path, query: str, **refs: Any) -> pa.Table:
     finally:
         con.close()
 
-
-
-# --- command line ---------------------------------------------------------------------------
-
-def parse_at(values: Iterable[str]) -> dict[int, str]:
-    """Parse ``--at`` values (``project_3=run-000002`` or ``3=run-000002``) into ``{project: ref}``.
-
-    Raises:
-        click.BadParameter: a value is not ``TABLE=REF``.
-    """
-    out: dict[int, str] = {}
-    for value in values:
-        name, sep, ref = value.partition("=")
-        m = re.fullmatch(r"(?:project_)?(\d+)", name.strip())
-        if not sep or not m or not ref.strip():
-            raise click.BadParameter(f"{value!r}: write TABLE=REF, e.g. project_3=run-000002", param_hint="--at")
-        out[int(m.group(1))] = ref.strip()
-    return out
-
-
-@click.command("sql", epilog="Examples (--example NAME --project P): " + ", ".join(EXAMPLES))
-@click.argument("query", required=False)
-@click.option("--example", "example_name", type=click.Choice(list(EXAMPLES)), help="Run a worked example query.")
-@click.option("--project", "-p", type=int, help="The project an --example runs on.")
-@click.option("--tag", help="Every table at this tag, e.g. run-000003.")
-@click.option("--version", "version", type=int, help="Every table at this version number.")
-@click.option("--as-of", "as_of", metavar="TIME", help="Every table as of this UTC time (ISO 8601).")
-@click.option("--at", "at", multiple=True, metavar="TABLE=REF",
-              help="One table at a tag, version or @time, e.g. project_3=run-000002 (repeatable).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the result to a .csv, .json, .jsonl or .parquet file.")
-@click.option("--max-rows", default=40, show_default=True, help="Rows shown on the terminal.")
-@click.option("--show-query", is_flag=True, help="Print the query before its result.")
-@click.pass_obj
-def sql_command(obj: Any, query: str | None, example_name: str | None, project: int | None, tag: str | None,
-                version: int | None, as_of: str | None, at: tuple[str, ...], output: Path | None, max_rows: int,
-                show_query: bool) -> None:
-    """Run DuckDB SQL over the project datasets: each is a table named project_<id>.
-
-    \b
-    ls-space-sync sql "SELECT count(*) FROM project_3"
-    ls-space-sync sql --tag run-000002 "SELECT is_labeled, count(*) FROM project_3 GROUP BY 1"
-    ls-space-sync sql --example label-distribution --project 3 -o labels.csv
-    """
-    from ls_space_sync.read.api import ref_of
-
-    if example_name:
-        if query or project is None:
-            raise click.UsageError("--example needs --project P and no QUERY")
-        query = example(example_name, project)
-    if not query:
-        raise click.UsageError('give a QUERY, e.g. "SELECT count(*) FROM project_3", or --example NAME --project P')
-    try:
-        ref = ref_of(tag, version, as_of)
-    except ValueError:
-        raise click.UsageError("give at most one of --tag, --version and --as-of") from None
-    if show_query:
-        click.echo(query, err=True)
-    try:
-        con, relation = run(obj.settings.resolved_store_root, query, ref=ref, refs=parse_at(at))
-    except QueryError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        if relation is None:
-            return
-        if output is not None:
-            rows = write_result(con, relation, output)
-            click.echo(f"wrote {rows} rows to {output}", err=True)
-        else:
-            # On a terminal fit its width; piped, show every column.
-            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100_000
-            relation.show(max_rows=max_rows, max_width=width)
-    except (duckdb.Error, QueryError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        con.close()

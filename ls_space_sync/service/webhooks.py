@@ -93,7 +93,7 @@ def remove(client: LabelStudioClient, settings: Settings, project_ids: list[int]
     return changes
 
 
-# --- command line ---------------------------------------------------------------------------
+# --- on the configured projects ---------------------------------------------------------------
 
 def _client(settings: Settings) -> LabelStudioClient:
     url, key = settings.require_label_studio()
@@ -117,33 +117,3 @@ def apply(settings: Settings, what: str, project_ids: list[int] | None = None) -
     finally:
         client.close()
 
-
-def _command(obj: object, what: str, project: tuple[int, ...]) -> None:
-    settings: Settings = obj.settings  # type: ignore[attr-defined]
-    setup_logging(settings.log_format, obj.verbose)  # type: ignore[attr-defined]
-    try:
-        for change in apply(settings, what, list(project)):
-            click.echo(change.summary())
-    except LabelStudioError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@click.group("webhooks")
-def webhooks_command() -> None:
-    """Install or remove the project webhooks that make the daemon sync right after a change."""
-
-
-@webhooks_command.command("install")
-@click.option("--project", "-p", type=int, multiple=True, help="Project id (repeatable; default: the configured projects).")
-@click.pass_obj
-def install_command(obj: object, project: tuple[int, ...]) -> None:
-    """Register one webhook per project to <server.public_url>/webhook with the secret header (idempotent)."""
-    _command(obj, "install", project)
-
-
-@webhooks_command.command("remove")
-@click.option("--project", "-p", type=int, multiple=True, help="Project id (repeatable; default: the configured projects).")
-@click.pass_obj
-def remove_command(obj: object, project: tuple[int, ...]) -> None:
-    """Delete the webhooks that `webhooks install` registered (found by their URL)."""
-    _command(obj, "remove", project)

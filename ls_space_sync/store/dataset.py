@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 from filelock import FileLock, Timeout
 
 from ls_space_sync.model.changes import Stamp
-from ls_space_sync.errors import LsSpaceSyncError, Retriable, UsageError, bad_time
+from ls_space_sync.errors import LsSpaceSyncError, Retriable, UsageError
+from ls_space_sync.model.refs import Ref, parse_time
 from ls_space_sync.model.records import STAMP_COLUMNS, parse_ts
 
 PROP_PREFIX = "ls_space_sync."
@@ -160,13 +161,6 @@ def _version_time(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _to_utc(value: datetime | str) -> datetime:
-    if isinstance(value, str):
-        try:
-            return parse_ts(value.strip())
-        except ValueError:
-            raise bad_time(value) from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class ProjectStore:
@@ -199,7 +193,7 @@ class ProjectStore:
         if isinstance(version, str) and version.isdigit():
             version = int(version)
         if as_of is not None:
-            when = _to_utc(as_of)
+            when = parse_time(as_of)
             ds = lance.dataset(self.uri)
             candidates = [v["version"] for v in ds.versions() if _version_time(v["timestamp"]) <= when]
             if not candidates:
@@ -213,6 +207,10 @@ class ProjectStore:
                 f"project {self.project_id} has no version or tag {version!r} (latest tags: {known}); "
                 "list them with `ls-space-sync tags`"
             ) from exc
+
+    def at(self, ref: Ref) -> lance.LanceDataset:
+        """Open the dataset at a :class:`ls_space_sync.model.refs.Ref` (see :meth:`dataset`)."""
+        return self.dataset(**ref.dataset_args())
 
     def schema(self) -> pa.Schema | None:
         """The dataset's Arrow schema, or ``None`` before the first commit."""
@@ -357,3 +355,13 @@ class ProjectStore:
                 }
             )
         return out
+
+
+def stored_projects(root: Path) -> list[int]:
+    """Ids of the projects that have a dataset under the store root."""
+    out = []
+    for path in Path(root).glob("project-*.lance"):
+        suffix = path.name[len("project-"):-len(".lance")]
+        if suffix.isdigit() and ProjectStore(root, int(suffix)).exists():
+            out.append(int(suffix))
+    return sorted(out)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from ls_space_sync.cli.console import main
-from ls_space_sync.read.diff import diff_versions, item_changes, parse_ref
+from ls_space_sync.errors import BadTime
+from ls_space_sync.model.refs import Ref, parse_ref
+from ls_space_sync.read.diff import diff_versions, item_changes
 from ls_space_sync.model.records import parse_ts, schema_for, tasks_to_table
 from ls_space_sync.store.dataset import ProjectStore, StoreError
 
@@ -80,11 +83,14 @@ def store(tmp_path):
 
 
 def test_parse_ref():
-    assert parse_ref(None) == {"version": None}
-    assert parse_ref("latest") == {"version": None}
-    assert parse_ref("7") == parse_ref("v7") == parse_ref(7) == {"version": 7}
-    assert parse_ref("run-000002") == {"version": "run-000002"}
-    assert parse_ref("@2026-01-01T00:00:00Z") == {"as_of": "2026-01-01T00:00:00Z"}
+    # The one ref model (model/refs.py): same meanings as the old dict-returning parser.
+    assert parse_ref(None).dataset_args() == {"version": None}
+    assert parse_ref("latest").dataset_args() == {"version": None}
+    assert parse_ref("7") == parse_ref("v7") == parse_ref(7) == Ref(version=7)
+    assert parse_ref("run-000002").dataset_args() == {"version": "run-000002"}
+    assert parse_ref("@2026-01-01T00:00:00Z").dataset_args() == {"as_of": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    with pytest.raises(BadTime, match="ISO 8601"):
+        parse_ref("@yesterday")
 
 
 def test_diff_between_tags(store):
