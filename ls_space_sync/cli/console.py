@@ -9,15 +9,13 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
-
 from importlib import import_module
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from ls_space_sync.cli.options import pick_version, project_option, version_options
+from ls_space_sync.cli.options import pick_version, version_options
 from ls_space_sync.errors import LsSpaceSyncError
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ import click
 from ls_space_sync.cli.options import echo_json, json_option, pick_ref, project_option, version_options
 from ls_space_sync.read.examples import EXAMPLES
 
+
 def parse_at(values: Iterable[str]) -> dict[int, str]:
     """Parse ``--at`` values (``project_3=run-000002`` or ``3=run-000002``) into ``{project: ref}``.
 

@@ -8,6 +8,7 @@ import click
 
 from ls_space_sync.cli.options import echo_json, json_option
 
+
 @click.command("compact")
 @click.option("--project", "-p", type=int, multiple=True, help="Project id (repeatable; default: every stored project).")
 @click.option("--retention", "retention", type=float, metavar="SECONDS",

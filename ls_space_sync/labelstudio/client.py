@@ -33,6 +33,8 @@ from label_studio_sdk.core.api_error import ApiError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from ls_space_sync.errors import LsSpaceSyncError, Retriable
+from ls_space_sync.logs import register_secret
+from ls_space_sync.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -194,6 +196,19 @@ class LabelStudioClient:
         # max_retries=0: one retry policy, ours, for SDK and raw calls alike.
         self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout, max_retries=0, httpx_client=http)
         self._http = self.sdk._client_wrapper.httpx_client
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LabelStudioClient:
+        """The client of ``settings.label_studio`` (URL, API key, timeout, retries); the key is
+        registered with the log masking before any request is made.
+
+        Raises:
+            ConfigError: no URL or no API key configured.
+        """
+        url, key = settings.require_label_studio()
+        register_secret(key)
+        ls = settings.label_studio
+        return cls(url, key, timeout=ls.timeout_seconds, retries=ls.retries, max_wait=ls.retry_max_wait_seconds)
 
     def _count(self, request: httpx.Request) -> None:
         self.requests += 1

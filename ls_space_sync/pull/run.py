@@ -18,9 +18,9 @@ Poll plan, cheapest first (Label Studio is the bottleneck; label-studio-facts.md
 5. Checkpoint: cursor := signpost (never past it), run marked succeeded.
 
 So polling an unchanged project costs two requests whatever its size. Crash safety: the version
-carries the run_id and the cursor it reached; a run that finds an earlier run of its project
-still marked running (its process died) and that run's version in the dataset finishes that
-run's bookkeeping instead of writing the data again.
+carries the run_id and its signpost (the cursor the checkpoint moves to); a run that finds an
+earlier run of its project still marked running (its process died) and that run's version in
+the dataset finishes that run's bookkeeping instead of writing the data again.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ import pyarrow as pa
 from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
 from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS, LabelStudioClient, LabelStudioError, ProjectInfo
 from ls_space_sync.errors import Retriable
-from ls_space_sync.logs import register_secret, run_context
+from ls_space_sync.logs import run_context
 from ls_space_sync.store.compaction import merge_small_fragments
 from ls_space_sync.model.records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
 from ls_space_sync.settings import Settings
+from ls_space_sync.workspace import Workspace
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, StateDB, SyncRun
 from ls_space_sync.store.dataset import ProjectStore, Staging, project_lock
 
@@ -86,47 +87,8 @@ class RunResult:
         )
 
 
-class Syncer:
-    """Everything ``run_once`` needs, built once from the settings and shared by its callers.
-
-    Args:
-        settings: the loaded settings.
-        client: a Label Studio client (default: from ``settings.label_studio``).
-        state: the state database (default: ``settings.resolved_state_url``).
-    """
-
-    def __init__(self, settings: Settings, client: LabelStudioClient | None = None, state: StateDB | None = None):
-        self.settings = settings
-        if client is None:
-            url, key = settings.require_label_studio()
-            register_secret(key)
-            ls = settings.label_studio
-            client = LabelStudioClient(url, key, timeout=ls.timeout_seconds, retries=ls.retries,
-                                       max_wait=ls.retry_max_wait_seconds)
-        self.client = client
-        self.state = state or StateDB(settings.resolved_state_url)
-        self.root = settings.resolved_store_root
-
-    def close(self) -> None:
-        """Close the HTTP connections and the state database's pool."""
-        self.client.close()
-        self.state.dispose()
-
-    def __enter__(self) -> "Syncer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def store(self, project_id: int) -> ProjectStore:
-        """The dataset of a project."""
-        return ProjectStore(self.root, project_id)
-
-    def project_ids(self) -> list[int]:
-        """The configured projects (``projects: all`` asks the server)."""
-        if self.settings.projects == "all":
-            return self.client.project_ids()
-        return list(self.settings.projects)
+class Syncer(Workspace):
+    """A :class:`ls_space_sync.workspace.Workspace` that runs the pull sync: ``run_once(project)``."""
 
     def run_once(
         self,
@@ -196,16 +158,16 @@ class Syncer:
             plan.staging.discard()
         signpost, scanned = plan.signpost, plan.scanned
         if commit is None:
-            self.state.checkpoint(project_id, cursor=signpost, signpost=signpost, full_scan=scanned)
-            finished = self.state.finish_run(run.run_id, SKIPPED, cursor=signpost, full_scan=scanned,
+            self.state.checkpoint(project_id, signpost=signpost, full_scan=scanned)
+            finished = self.state.finish_run(run.run_id, SKIPPED, signpost=signpost, full_scan=scanned,
                                              requests=self.client.requests - requests_before)
             return _result(finished, project_id)
         if after_commit:
             after_commit()  # tests: a crash between the commit and the bookkeeping
         store.tag(plan.tag, commit)
-        self.state.checkpoint(project_id, cursor=signpost, signpost=signpost, full_scan=scanned)
+        self.state.checkpoint(project_id, signpost=signpost, full_scan=scanned)
         finished = self.state.finish_run(
-            run.run_id, SUCCEEDED, version=commit, tag=plan.tag, cursor=signpost, full_scan=scanned,
+            run.run_id, SUCCEEDED, version=commit, tag=plan.tag, signpost=signpost, full_scan=scanned,
             requests=self.client.requests - requests_before, **plan.changes.counts,
         )
         return _result(finished, project_id)
@@ -247,10 +209,12 @@ class Syncer:
             props = store.properties(version)
             tag = props.get("tag") or tag_name(run.seq)
             store.tag(tag, version)
-            cursor = parse_ts(props["cursor"]) if props.get("cursor") else None
+            # Versions written by release 0.1.0 name the signpost "cursor".
+            stored = props.get("signpost") or props.get("cursor")
+            signpost = parse_ts(stored) if stored else None
             scanned = json.loads(props.get("full_scan", "false"))
-            self.state.checkpoint(project_id, cursor=cursor, signpost=cursor, full_scan=scanned)
-            self.state.finish_run(run.run_id, SUCCEEDED, version=version, tag=tag, cursor=cursor,
+            self.state.checkpoint(project_id, signpost=signpost, full_scan=scanned)
+            self.state.finish_run(run.run_id, SUCCEEDED, version=version, tag=tag, signpost=signpost,
                                   full_scan=scanned, error="recovered: bookkeeping finished by a later run",
                                   **json.loads(props.get("counts", "{}")))
             log.warning("project %s: run %s had committed version %s before its process stopped; recorded it",
@@ -379,7 +343,7 @@ class _RunPlan:
         props = {
             "run_id": self.run.run_id,
             "tag": self.tag,
-            "cursor": self.signpost.isoformat(),
+            "signpost": self.signpost.isoformat(),
             "full_scan": json.dumps(self.scanned),
             "counts": json.dumps(self.changes.counts),
             "label_config": self.project.label_config,

@@ -47,13 +47,13 @@ import duckdb
 import lance
 import pyarrow as pa
 
+from ls_space_sync.model.records import row_to_task
+from ls_space_sync.model.refs import Ref, from_options
 from ls_space_sync.read import export as _export
 from ls_space_sync.read import query as _query
 from ls_space_sync.read.diff import VersionDiff, diff_versions, open_ref
-from ls_space_sync.store.compaction import compact_project
-from ls_space_sync.model.records import format_ts, row_to_task
-from ls_space_sync.model.refs import Ref, from_options
 from ls_space_sync.settings import Settings, load_settings
+from ls_space_sync.store.compaction import compact_project
 from ls_space_sync.store.dataset import ProjectStore, check_filter
 
 RefLike = Ref | str | int | None

@@ -22,14 +22,11 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import click
 import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ls_space_sync.errors import LsSpaceSyncError
 from ls_space_sync.model.records import region_rows, row_to_task
-from ls_space_sync.store.dataset import BadFilter
 
 BATCH_ROWS = 1024
 

@@ -15,18 +15,15 @@ The row format is :mod:`ls_space_sync.records`: ``annotations`` and ``prediction
 from __future__ import annotations
 
 import re
-import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import click
 import duckdb
 import pyarrow as pa
 
-from ls_space_sync.read.diff import open_ref
 from ls_space_sync.errors import Terminal
 from ls_space_sync.model.refs import Ref
+from ls_space_sync.read.diff import open_ref
 from ls_space_sync.read.examples import EXAMPLES
 from ls_space_sync.store.dataset import ProjectStore, stored_projects  # noqa: F401 - stored_projects: its old home
 

@@ -30,21 +30,16 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
-
-import click
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ls_space_sync.labelstudio.client import LabelStudioError
-from ls_space_sync.logs import setup_logging
 from ls_space_sync.settings import Settings
 
 if TYPE_CHECKING:

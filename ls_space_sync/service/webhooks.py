@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import click
-
-from ls_space_sync.labelstudio.client import LabelStudioClient, LabelStudioError
-from ls_space_sync.logs import register_secret, setup_logging
+from ls_space_sync.labelstudio.client import LabelStudioClient
 from ls_space_sync.settings import ConfigError, Settings
 
 
@@ -95,13 +92,6 @@ def remove(client: LabelStudioClient, settings: Settings, project_ids: list[int]
 
 # --- on the configured projects ---------------------------------------------------------------
 
-def _client(settings: Settings) -> LabelStudioClient:
-    url, key = settings.require_label_studio()
-    register_secret(key)
-    ls = settings.label_studio
-    return LabelStudioClient(url, key, timeout=ls.timeout_seconds, retries=ls.retries, max_wait=ls.retry_max_wait_seconds)
-
-
 def apply(settings: Settings, what: str, project_ids: list[int] | None = None) -> list[WebhookChange]:
     """Run :func:`install` or :func:`remove` (``what``) on the given or configured projects.
 
@@ -109,7 +99,7 @@ def apply(settings: Settings, what: str, project_ids: list[int] | None = None) -
         ConfigError: no Label Studio URL or key, or (install) no webhook secret.
         LabelStudioError: the server refused or is down.
     """
-    client = _client(settings)
+    client = LabelStudioClient.from_settings(settings)
     try:
         ids = list(project_ids or []) or (client.project_ids() if settings.projects == "all"
                                           else list(settings.projects))

@@ -21,7 +21,6 @@ Disk use (bytes and files under the dataset folder) is measured before and after
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -29,7 +28,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import click
 import lance
 
 from ls_space_sync.settings import Settings

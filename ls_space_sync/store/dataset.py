@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from filelock import FileLock, Timeout
 
-from ls_space_sync.model.changes import Stamp
 from ls_space_sync.errors import LsSpaceSyncError, Retriable, UsageError
+from ls_space_sync.model.changes import Stamp
+from ls_space_sync.model.records import STAMP_COLUMNS
 from ls_space_sync.model.refs import Ref, parse_time
-from ls_space_sync.model.records import STAMP_COLUMNS, parse_ts
 
 PROP_PREFIX = "ls_space_sync."
 # Column data Lance's writer buffers before it writes pages, across all columns. Its default is
