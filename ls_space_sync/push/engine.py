@@ -37,14 +37,13 @@ from typing import Any, Iterator, Sequence
 
 import click
 import pyarrow as pa
-from sqlalchemy import BigInteger, Boolean, Index, Integer, String, UniqueConstraint, delete, or_, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import delete, or_, select
 
 from ls_space_sync.model.changes import stamp_of
 from ls_space_sync.labelstudio.client import LabelStudioClient, LabelStudioError, ServerUnavailable
 from ls_space_sync.logs import run_context
 from ls_space_sync.model.records import row_to_task
-from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, Base, StateDB, SyncRun, UTCDateTime, utcnow
+from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, PushLink, PushRun, StateDB, SyncRun, utcnow
 from ls_space_sync.store.dataset import ProjectStore, project_lock
 from ls_space_sync.model.taskdiff import (  # noqa: F401 - re-exported: the push's errors and origin key are part of its API
     ORIGIN_KEY, LabelConfigMismatch, Op, PushError, annotation_author, batch_result_names, batch_stamps,
@@ -54,45 +53,6 @@ from ls_space_sync.model.taskdiff import (  # noqa: F401 - re-exported: the push
 log = logging.getLogger(__name__)
 
 # --- the id map ------------------------------------------------------------------------------
-
-class PushLink(Base):
-    """One pushed task: a source task and the target task that holds its content.
-
-    ``*_created`` are ``created_at`` in microseconds since the epoch (a task's identity is
-    (id, created_at): SQLite Label Studio reuses ids). ``*_stamp`` is the JSON of the side's stamp
-    (:func:`ls_space_sync.changes.stamp_of`) when the two sides last agreed; ``None`` = unknown.
-    """
-
-    __tablename__ = "push_links"
-    __table_args__ = (
-        UniqueConstraint("source_project", "source_id", "source_created", "target_project"),
-        Index("ix_push_links_target", "target_project", "target_id"),
-    )
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    source_project: Mapped[int] = mapped_column(Integer)
-    source_id: Mapped[int] = mapped_column(BigInteger)
-    source_created: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    source_stamp: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    target_project: Mapped[int] = mapped_column(Integer)
-    target_id: Mapped[int] = mapped_column(BigInteger)
-    target_created: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    target_stamp: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    pushed_at = mapped_column(UTCDateTime, nullable=True)
-
-
-class PushRun(Base):
-    """Where a push run (a ``sync_runs`` row of kind ``push``) went."""
-
-    __tablename__ = "push_runs"
-    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    source_project: Mapped[int] = mapped_column(Integer, index=True)
-    target_project: Mapped[int] = mapped_column(Integer, index=True)
-    source_version: Mapped[int] = mapped_column(BigInteger)
-    new_project: Mapped[bool] = mapped_column(Boolean, default=False)
-
 
 @dataclass
 class _Link:
@@ -259,7 +219,6 @@ def push(
     if ids:
         filters.append(f"id IN ({', '.join(str(int(i)) for i in ids)})")
     job = _Push(syncer, store, ds, " AND ".join(filters) or None, delete=delete, full=full, progress=progress)
-    Base.metadata.create_all(syncer.state.engine)
     new_project = target_project is None
     if new_project:
         config = store.label_config(ds.version)

@@ -24,22 +24,12 @@ import logging
 from typing import Any
 
 import click
-from sqlalchemy import Integer
-from sqlalchemy.orm import Mapped, mapped_column
 
 from ls_space_sync.push.engine import push
 from ls_space_sync.settings import MirrorSettings
-from ls_space_sync.store.state import Base
+from ls_space_sync.store.state import MirrorTarget
 
 log = logging.getLogger(__name__)
-
-
-class MirrorTarget(Base):
-    """The project a mirror created for a source configured without ``target``."""
-
-    __tablename__ = "mirror_targets"
-    source_project: Mapped[int] = mapped_column(Integer, primary_key=True)
-    target_project: Mapped[int] = mapped_column(Integer)
 
 
 def mirror_key(pair: MirrorSettings) -> str:
@@ -52,7 +42,6 @@ def mirror_target(syncer: Any, pair: MirrorSettings) -> int | None:
     """The pair's target project: configured, or created by an earlier pass, or ``None`` yet."""
     if pair.target is not None:
         return pair.target
-    Base.metadata.create_all(syncer.state.engine)
     with syncer.state.Session() as s:
         row = s.get(MirrorTarget, pair.source)
         return row.target_project if row else None
@@ -127,7 +116,6 @@ def summary_lines(result: dict[str, Any], pair: MirrorSettings) -> list[str]:
 
 
 def _remember(syncer: Any, source: int, target: int) -> None:
-    Base.metadata.create_all(syncer.state.engine)
     with syncer.state.Session.begin() as s:
         s.merge(MirrorTarget(source_project=source, target_project=target))
     log.info("mirror of project %s: created project %s as its target", source, target)

@@ -1,10 +1,22 @@
-"""Sync state in SQL (SQLAlchemy 2): runs, cursors, push id maps.
+"""Sync state in SQL (SQLAlchemy 2): runs, cursors, push links and mirror targets; every table and
+its schema versions.
 
-SQLite file by default; any SQLAlchemy URL works (``postgresql+psycopg2://...``). Tables are created
-on first use. All times are stored and returned as aware UTC datetimes.
+SQLite file by default; any SQLAlchemy URL works (``postgresql+psycopg2://...``). All times are
+stored and returned as aware UTC datetimes.
+
+**Schema versions.** The tables below are the head of the Alembic revisions in
+``store/migrations/versions``; :class:`StateDB` brings a database to that head when it opens it
+(:func:`upgrade_schema`): a new database gets every revision; one made by release 0.1.0 (tables
+made by ``create_all``, no ``alembic_version``) is adopted by revision 0001 and upgraded in place.
+Opening a database already at the head costs one query and never imports Alembic.
+
+**Signpost and cursor.** A run's *signpost* is the server's clock at its start less the lag; it
+is stored on the run (``sync_runs.signpost``) and on the version the run commits (the
+``signpost`` property). A project's *cursor* (``project_cursors.cursor``) is the highest
+signpost of its succeeded and skipped runs: the next run fetches tasks updated after it.
 
 The dataset itself is the source of truth for what is stored (each version carries its run's
-``run_id`` and cursor); these tables are the checkpoint and the history that a person or the
+``run_id`` and signpost); these tables are the checkpoint and the history that a person or the
 daemon reads.
 """
 
@@ -13,22 +25,41 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Index,
     Integer,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     create_engine,
     func,
     select,
+    text,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from ls_space_sync.errors import Terminal
+
+#: The schema revision the classes below map: the head of ``migrations/versions`` (a test checks).
+SCHEMA_REVISION = "0002"
+MIGRATIONS = Path(__file__).with_name("migrations")
+# PostgreSQL advisory lock held while a process upgrades the schema: b"lsssstat" as an int64.
+_PG_UPGRADE_LOCK = 0x6C73737373746174
+
+
+class StateSchemaError(Terminal):
+    """The state database's schema is newer than this ls-space-sync knows; exit code 2."""
+
+    exit_code = 2
 
 
 class UTCDateTime(TypeDecorator):
@@ -77,7 +108,8 @@ class SyncRun(Base):
     requests: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     tag: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    cursor: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A pull's signpost (named ``cursor`` before schema revision 0002); ``None`` for pushes.
+    signpost: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @property
@@ -89,15 +121,62 @@ class SyncRun(Base):
 
 
 class ProjectCursor(Base):
-    """Per project: the cursor (``updated_at`` high-water mark) and full-scan bookkeeping."""
+    """Per project: the cursor (the highest signpost of its succeeded and skipped runs) and full-scan
+    bookkeeping."""
 
     __tablename__ = "project_cursors"
     project_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     cursor: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    signpost: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_full_scan_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     runs_since_full_scan: Mapped[int] = mapped_column(Integer, default=0)
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PushLink(Base):
+    """One pushed task: a source task and the target task that holds its content.
+
+    ``*_created`` are ``created_at`` in microseconds since the epoch (a task's identity is
+    (id, created_at): SQLite Label Studio reuses ids). ``*_stamp`` is the JSON of the side's stamp
+    (:func:`ls_space_sync.model.changes.stamp_of`) when the two sides last agreed; ``None`` = unknown.
+    """
+
+    __tablename__ = "push_links"
+    __table_args__ = (
+        UniqueConstraint("source_project", "source_id", "source_created", "target_project"),
+        Index("ix_push_links_target", "target_project", "target_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_project: Mapped[int] = mapped_column(Integer)
+    source_id: Mapped[int] = mapped_column(BigInteger)
+    source_created: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    source_stamp: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    target_project: Mapped[int] = mapped_column(Integer)
+    target_id: Mapped[int] = mapped_column(BigInteger)
+    target_created: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    target_stamp: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PushRun(Base):
+    """Where a push run (a ``sync_runs`` row of kind ``push``) went."""
+
+    __tablename__ = "push_runs"
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_project: Mapped[int] = mapped_column(Integer, index=True)
+    target_project: Mapped[int] = mapped_column(Integer, index=True)
+    source_version: Mapped[int] = mapped_column(BigInteger)
+    new_project: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class MirrorTarget(Base):
+    """The project a mirror created for a source configured without ``target``."""
+
+    __tablename__ = "mirror_targets"
+    source_project: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_project: Mapped[int] = mapped_column(Integer)
 
 
 @dataclass(frozen=True)
@@ -105,7 +184,6 @@ class CursorState:
     """A project's checkpoint as :meth:`StateDB.cursor` returns it (all UTC)."""
 
     cursor: datetime | None = None
-    signpost: datetime | None = None
     last_full_scan_at: datetime | None = None
     runs_since_full_scan: int = 0
     last_success_at: datetime | None = None
@@ -116,23 +194,94 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# --- schema versions -----------------------------------------------------------------------------
+
+def schema_revision(engine: Engine) -> str | None:
+    """Return the database's schema revision (its ``alembic_version``), or ``None`` if it has none:
+    a new database, or one made by release 0.1.0."""
+    with engine.connect() as conn:
+        try:
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except (OperationalError, ProgrammingError):  # no such table; the connection rolls back
+            return None
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    """The Alembic config of the state database's migrations, built in code (no ``alembic.ini``).
+
+    Args:
+        connection: the connection ``env.py`` migrates, inside its transaction; ``None`` for
+            commands that only read the scripts.
+    """
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade_schema(engine: Engine) -> bool:
+    """Bring the database to :data:`SCHEMA_REVISION`, the schema this code maps.
+
+    Invariant: one process migrates at a time, in one transaction, and a process that waited
+    for the lock finds the work done and changes nothing. On SQLite the lock is the database's
+    write lock (``BEGIN IMMEDIATE``; other openers wait up to the 30 s busy timeout); on
+    PostgreSQL a transaction-level advisory lock. A failed upgrade rolls back whole.
+
+    Returns:
+        Whether revisions ran (``False``: the database was at the head, which costs one query).
+
+    Raises:
+        StateSchemaError: the database is at a revision this code does not know (a newer release
+            upgraded it).
+    """
+    if schema_revision(engine) == SCHEMA_REVISION:
+        return False
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
+        current = MigrationContext.configure(conn).get_current_revision()  # again: under the lock
+        if current is not None and current not in known:
+            raise StateSchemaError(
+                f"the state database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+                f"{current}, which this ls-space-sync does not know (it knows up to {SCHEMA_REVISION}): a newer "
+                "release upgraded it; install that release, or point state_url at another database")
+        if current != SCHEMA_REVISION:
+            command.upgrade(alembic_config(conn), "head")
+        conn.commit()
+    return current != SCHEMA_REVISION
+
+
 class StateDB:
-    """Access to the state database.
+    """Access to the state database, upgraded to this code's schema on open (:func:`upgrade_schema`).
 
     Args:
         url: a SQLAlchemy URL; SQLite files get their folder created.
+
+    Raises:
+        StateSchemaError: the database was upgraded by a newer release.
     """
 
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
-            from pathlib import Path
-
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         self.engine: Engine = create_engine(url, **kwargs)
-        Base.metadata.create_all(self.engine)
+        try:
+            upgrade_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
 
     def dispose(self) -> None:
@@ -210,22 +359,19 @@ class StateDB:
             if row is None:
                 return CursorState()
             return CursorState(
-                row.cursor, row.signpost, row.last_full_scan_at, row.runs_since_full_scan, row.last_success_at
+                row.cursor, row.last_full_scan_at, row.runs_since_full_scan, row.last_success_at
             )
 
-    def checkpoint(
-        self, project_id: int, *, cursor: datetime | None, signpost: datetime | None, full_scan: bool
-    ) -> None:
-        """Move the project's cursor after a successful (or skipped) run; never moves it backwards."""
+    def checkpoint(self, project_id: int, *, signpost: datetime | None, full_scan: bool) -> None:
+        """Move the project's cursor to a succeeded (or skipped) run's signpost; never backwards."""
         now = utcnow()
         with self.Session.begin() as s:
             row = s.get(ProjectCursor, project_id)
             if row is None:
                 row = ProjectCursor(project_id=project_id, runs_since_full_scan=0)
                 s.add(row)
-            if cursor is not None and (row.cursor is None or cursor > row.cursor):
-                row.cursor = cursor
-            row.signpost = signpost
+            if signpost is not None and (row.cursor is None or signpost > row.cursor):
+                row.cursor = signpost
             row.last_success_at = now
             if full_scan:
                 row.last_full_scan_at = now
