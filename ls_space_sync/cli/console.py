@@ -149,7 +149,7 @@ def sync(ctx: Context, project: tuple[int, ...], full_scan: bool, progress: bool
     if not ctx.settings.label_studio.url:
         from ls_space_sync.quickstart import run_demo
 
-        sys.exit(run_demo(ctx.settings))
+        sys.exit(run_demo(ctx.settings, echo=click.echo, note=lambda line: click.echo(line, err=True)))
     failed = sync_projects(ctx.syncer, _projects(ctx, project), full_scan=full_scan, progress=progress)
     sys.exit(1 if failed else 0)
 

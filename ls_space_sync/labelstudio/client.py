@@ -352,7 +352,11 @@ class LabelStudioClient:
 
     def project_ids(self) -> list[int]:
         """Ids of every project the token can see, ascending."""
-        ids: list[int] = []
+        return sorted(int(p["id"]) for p in self.projects())
+
+    def projects(self) -> list[dict[str, Any]]:
+        """Every project the token can see, as the server's JSON objects (``id``, ``title``, ...)."""
+        found: list[dict[str, Any]] = []
         page = 1
         while True:
             try:
@@ -361,11 +365,11 @@ class LabelStudioClient:
             except NotFound:
                 break  # a page past the end
             results = body.get("results", body) if isinstance(body, dict) else body
-            ids += [int(p["id"]) for p in results]
+            found += results
             if not isinstance(body, dict) or not body.get("next"):
                 break
             page += 1
-        return sorted(ids)
+        return found
 
     # --- tasks -------------------------------------------------------------------------------
 
@@ -521,6 +525,12 @@ class LabelStudioClient:
                              label_config=label_config)
         return int(project.id)
 
+    def templates(self) -> dict[str, str]:
+        """The server's annotation templates as ``{title: label_config}`` (``GET /api/templates/``:
+        the ``annotation_templates/*/config.yml`` files of the installed Label Studio, 69 in 1.23.2)."""
+        body, _ = self._json("the template gallery", "api/templates/", _templates_problem)
+        return {str(t["title"]): str(t["config"]) for t in body["templates"]}
+
     def user_ids(self) -> set[int]:
         """Ids of the users the token's organization has (who may be ``completed_by`` of an annotation)."""
         body, _ = self._json("the user list", "api/users/", _list_problem("results"))
@@ -606,6 +616,14 @@ class LabelStudioClient:
 
 
 _projects_problem = _list_problem("results")
+
+
+def _templates_problem(body: Any) -> str | None:
+    templates = body.get("templates") if isinstance(body, dict) else None
+    if not isinstance(templates, list) or any(not isinstance(t, dict) or "title" not in t or "config" not in t
+                                              for t in templates):
+        return f"expected {{'templates': [{{'title', 'config'}}, ...]}}, got {_kind(body)}"
+    return None
 
 
 def _import_problem(body: Any) -> str | None:

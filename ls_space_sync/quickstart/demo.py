@@ -14,12 +14,11 @@ Where the pieces come from:
     so they keep working when the server moves to another port). Control and object tag names
     (`from_name`, `to_name`, labels) are read from the fetched config, not hard-coded.
 
-The calls use the official SDK with the API key passed explicitly; the template gallery, which
-the SDK has no method for, is read with httpx and the same key as a legacy token
-(`Authorization: Token <key>`), which is what `LocalLabelStudio` creates.
+Every call goes through :class:`ls_space_sync.labelstudio.client.LabelStudioClient` (the one
+package that talks to Label Studio), with the API key passed explicitly.
 
-Run `python -m ls_space_sync.demo --venv DIR --data-dir DIR` to start a local server with the
-sample project and keep it running until Ctrl-C.
+Run `python -m ls_space_sync.quickstart.demo --venv DIR --data-dir DIR` to start a local server
+with the sample project and keep it running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from ls_space_sync.labelstudio.client import LabelStudioClient
 
@@ -125,12 +121,10 @@ def sample_template_configs(url: str, api_key: str, *, timeout: float = 30) -> d
         timeout: Seconds for the request.
 
     Raises:
-        httpx.HTTPStatusError: The server refused the request or has no template gallery.
+        LabelStudioError: The server refused the request or has no template gallery.
     """
-    with httpx.Client(base_url=url, timeout=timeout, trust_env=False) as client:
-        response = client.get("/api/templates/", headers={"Authorization": f"Token {api_key}"})
-        response.raise_for_status()
-        return {t["title"]: t["config"] for t in response.json()["templates"]}
+    with _client(url, api_key, timeout) as client:
+        return client.templates()
 
 
 def _control(label_config: str, tag: str) -> tuple[str, str, list[str]]:
@@ -240,12 +234,12 @@ def bbox_tasks(label_config: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _sdk(url: str, api_key: str, timeout: float = 60) -> Iterator[Any]:
-    """Yield an SDK client (through labelstudio.py, the one module that talks to Label Studio);
-    its HTTP connections are closed on exit (the SDK never closes its own)."""
+def _client(url: str, api_key: str, timeout: float = 60) -> Iterator[LabelStudioClient]:
+    """Yield a client of :mod:`ls_space_sync.labelstudio` (the one package that talks to Label
+    Studio); its HTTP connections are closed on exit."""
     client = LabelStudioClient(url, api_key, timeout=timeout)
     try:
-        yield client.sdk
+        yield client
     finally:
         client.close()
 
@@ -275,10 +269,10 @@ def create_template_project(url: str, api_key: str, template: str, title: str | 
     builder = _TASK_BUILDERS[template]
     label_config = sample_template_configs(url, api_key)[template]
     tasks = builder(label_config)
-    with _sdk(url, api_key) as ls:
-        project = ls.projects.create(title=title or template, label_config=label_config)
-        ls.projects.import_tasks(id=project.id, request=tasks, return_task_ids=True)
-    return project.id
+    with _client(url, api_key) as client:
+        project_id = client.create_project(title or template, label_config)
+        client.import_tasks(project_id, tasks)
+    return project_id
 
 
 def create_sample_project(url: str, api_key: str, title: str = "ls-space-sync demo") -> int:
@@ -297,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     """Start a local Label Studio with the sample project and serve it until Ctrl-C."""
     from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv
 
-    parser = argparse.ArgumentParser(prog="python -m ls_space_sync.demo", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ls_space_sync.quickstart.demo", description=main.__doc__)
     parser.add_argument("--venv", type=Path, default=Path(".ci-cache/label-studio-venv"),
                         help="Label Studio virtual environment (created if missing)")
     parser.add_argument("--data-dir", type=Path, default=Path(".ci-cache/demo-label-studio"),
@@ -306,10 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     ensure_venv(args.venv)
-    with LocalLabelStudio(args.data_dir, venv=args.venv, port=args.port) as server, _sdk(
+    with LocalLabelStudio(args.data_dir, venv=args.venv, port=args.port) as server, _client(
         server.url, server.api_key
-    ) as ls:
-        existing = [p.id for p in ls.projects.list() if p.title == "ls-space-sync demo"]
+    ) as client:
+        existing = [p["id"] for p in client.projects() if p.get("title") == "ls-space-sync demo"]
         project_id = existing[0] if existing else create_sample_project(server.url, server.api_key)
         print(f"LABEL_STUDIO_URL={server.url}")
         print(f"LABEL_STUDIO_API_KEY={server.api_key}")
