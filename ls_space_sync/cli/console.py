@@ -75,18 +75,29 @@ class _Failure(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-# Commands that live in other modules of this tree: name -> "module:attribute", imported only when
-# the command runs or its help is shown, so ``ls-space-sync --help`` stays a click-only import.
-LAZY_COMMANDS = {
-    "run": "ls_space_sync.cli.service:run_command",
-    "webhooks": "ls_space_sync.cli.service:webhooks_command",
-    "push": "ls_space_sync.cli.push:push_command",
-    "restore": "ls_space_sync.cli.push:restore_command",
-    "mirror": "ls_space_sync.cli.push:mirror_command",
-    "sql": "ls_space_sync.cli.read:sql_command",
-    "diff": "ls_space_sync.cli.read:diff_command",
-    "export": "ls_space_sync.cli.read:export_command",
-    "compact": "ls_space_sync.cli.store:compact_command",
+# Commands that live in other modules of this tree: name -> ("module:attribute", short help).
+# A module is imported only when its command runs or its own --help is shown, so
+# ``ls-space-sync --help`` lists them from here and stays a click-only import
+# (tests/unit/test_cli_layout.py checks each line against the command's own docstring).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "compact": ("ls_space_sync.cli.store:compact_command",
+                "Merge small files, prune run tags by policy and remove old untagged versions."),
+    "diff": ("ls_space_sync.cli.read:diff_command",
+             "Show the tasks inserted, updated and deleted between two versions of a project."),
+    "export": ("ls_space_sync.cli.read:export_command",
+               "Export a version of a project for training: Parquet, JSONL or a Hugging Face dataset."),
+    "mirror": ("ls_space_sync.cli.push:mirror_command",
+               "Run one pass over the configured mirror pairs (``mirrors:`` in the config)."),
+    "push": ("ls_space_sync.cli.push:push_command",
+             "Push a stored version's rows into a Label Studio project as tasks."),
+    "restore": ("ls_space_sync.cli.push:restore_command",
+                "Make a project's tasks equal to a stored version: create, update in place, delete."),
+    "run": ("ls_space_sync.cli.service:run_command",
+            "Run as a service: scheduled syncs of every project, plus /health, /metrics and /webhook."),
+    "sql": ("ls_space_sync.cli.read:sql_command",
+            "Run DuckDB SQL over the project datasets: each is a table named project_<id>."),
+    "webhooks": ("ls_space_sync.cli.service:webhooks_command",
+                 "Install or remove the project webhooks that make the daemon sync right after a change."),
 }
 
 
@@ -99,9 +110,26 @@ class _Group(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
-            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            module, _, attr = LAZY_COMMANDS[cmd_name][0].partition(":")
             self.add_command(getattr(import_module(module), attr), cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands without importing the lazy ones (their help is in :data:`LAZY_COMMANDS`)."""
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                cmd = self.commands[name]
+                if cmd.hidden:
+                    continue
+                rows.append((name, cmd.get_short_help_str(limit)))
+            else:
+                text = LAZY_COMMANDS[name][1]
+                rows.append((name, text if len(text) <= limit else text[:limit - 3].rsplit(" ", 1)[0] + "..."))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ls_space_sync.push.mirror import mirror_key
-from ls_space_sync.store.state import utcnow
 from ls_space_sync.pull.run import RunResult
-
-if TYPE_CHECKING:
-    from ls_space_sync.service.daemon import Daemon
+from ls_space_sync.push.mirror import mirror_key
+from ls_space_sync.settings import MirrorSettings, Settings
+from ls_space_sync.store.state import StateDB, utcnow
 
 
 @dataclass
@@ -34,7 +32,24 @@ class MirrorStatus:
     last_pass_at: datetime | None = None
 
 
-def health_report(daemon: Daemon) -> dict[str, Any]:
+class DaemonView(Protocol):
+    """What :func:`health_report` reads of the daemon (:class:`ls_space_sync.service.daemon.Daemon`
+    has it); a protocol, so this module does not import the daemon that imports it."""
+
+    settings: Settings
+    state: StateDB
+    scheduler: Any
+    started_at: datetime
+    projects: Any  # the synced project ids
+    status: dict[int, ProjectStatus]
+    mirrored: dict[int, list[MirrorSettings]]
+    mirror_status: dict[str, MirrorStatus]
+
+    def next_run_time(self, project_id: int) -> datetime | None:
+        """When the project's next scheduled run is due (UTC), if any."""
+
+
+def health_report(daemon: DaemonView) -> dict[str, Any]:
     """The daemon's state for ``GET /health``.
 
     Returns:

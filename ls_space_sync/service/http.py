@@ -33,17 +33,15 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ls_space_sync.service.daemon import Daemon
 from ls_space_sync.settings import Settings
-
-if TYPE_CHECKING:
-    from ls_space_sync.service.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +259,6 @@ def serve(settings: Settings, *, stop_event: threading.Event | None = None,
         ConfigError: bad settings (job store, cron, Label Studio URL or key).
         ServiceError: the HTTP server could not listen.
     """
-    from ls_space_sync.service.daemon import Daemon
-
     stop = stop_event or threading.Event()
 
     def handle(signum: int, frame: Any) -> None:
