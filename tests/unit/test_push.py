@@ -16,7 +16,7 @@ import respx
 from sqlalchemy import select, update
 
 from ls_space_sync.labelstudio import LabelStudioError, ServerUnavailable
-from ls_space_sync.mirror import mirror_once
+from ls_space_sync.mirror import mirror_once, summary_lines
 from ls_space_sync.push import ORIGIN_KEY, LabelConfigMismatch, PushError, PushLink, _micros, _Push, content_hash, push
 from ls_space_sync.restore import apply_restore, plan_restore
 from ls_space_sync.settings import MirrorSettings, load_settings
@@ -509,6 +509,19 @@ def test_mirror_both_ways_converges_then_stays_quiet(tmp_path, fake):
     assert len(fake.of(a)) == len(fake.of(b)) == 6 and contents(fake, a) == contents(fake, b)
     fake.calls.clear()
     assert mirror_once(syncer, pair)["quiet"] and fake.writes() == []
+
+
+def test_a_mirror_pass_line_names_target_ids_that_were_reused(tmp_path, fake):
+    syncer, src, dst, theirs = reused_target(tmp_path, fake)
+    row = fake.of(src)[1]
+    row["data"] = {"text": "edited"}
+    fake.touch(row["id"])
+    pair = MirrorSettings(source=src, target=dst)
+    lines = summary_lines(mirror_once(syncer, pair), pair)
+    assert lines[-1] == f"push {src} -> {dst}: +1 ~0 -0 (0 echoes, 0 conflicts, 1 reused ids)"
+    assert fake.tasks[theirs]["data"] == {"text": "the target's own"}
+    quiet = summary_lines(mirror_once(syncer, pair), pair)[-1]
+    assert quiet == f"push {src} -> {dst}: +0 ~0 -0 (0 echoes, 0 conflicts)"
 
 
 def test_a_conflict_lets_the_source_win_and_converges(tmp_path, fake):
