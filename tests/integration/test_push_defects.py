@@ -114,6 +114,9 @@ def pushed_then_edited(label_studio, syncer, new_project, created) -> tuple[int,
     dst = first.target_project
     created.append(dst)
     assert flags(label_studio, dst) == {"one": [("neg", True), ("pos", True)]}
+    [link] = links_of(syncer, dst)
+    [target_task] = server_tasks(label_studio, dst).values()
+    assert link.content_hash == content_hash(target_task)  # an import keeps the flags it is sent
     edit_neg(label_studio, syncer, src)
     syncer.run_once(src)
     result = push(syncer, src, target_project=dst)
