@@ -7,9 +7,10 @@ What a push, a mirror and a restore compare and send:
   or counters, so a task and its copy in another project compare equal;
 - the import JSON of a stored task (:func:`import_payload`), with its origin in
   ``meta["ls_space_sync"]`` and authors kept only when the server knows them;
-- the ops that make a server task hold a stored one in place (:func:`task_ops`): a ``PATCH`` of
-  data and meta, then annotations and predictions matched by content, the rest updated pairwise,
-  deleted or created;
+- the ops that make a server task hold a stored one in place (:func:`plan_task_ops`): a ``PATCH``
+  of data and meta, then annotations and predictions matched by content, the rest updated
+  pairwise, deleted or created; with the content the server holds afterwards, as Label Studio's
+  one-ground-truth-per-task rule leaves it (:func:`annotation_ops`);
 - which tasks of a version to create, update in place or delete (:func:`plan_task_changes`);
 - the checks before any write: results stored without ``result`` (:func:`require_results`), and
   control tags the rows use that the target's label config lacks (:func:`check_label_config`).
@@ -143,21 +144,150 @@ def _match(desired: list[dict[str, Any]], current: list[dict[str, Any]], key: An
     return ops
 
 
-def task_ops(desired: dict[str, Any], current: dict[str, Any]) -> list[Op]:
-    """Ops that make the server task ``current`` hold ``desired`` (an :func:`import_payload`).
+def _same(a: dict[str, Any], b: dict[str, Any], *keys: str) -> bool:
+    return all(_canon(annotation_key(a)[k]) == _canon(annotation_key(b)[k]) for k in keys)
+
+
+def annotation_ops(desired: list[dict[str, Any]], current: list[dict[str, Any]], *,
+                   authors: bool = False) -> tuple[list[Op], list[dict[str, Any]]]:
+    """Ops that make a task's ``current`` annotations (server objects with ids) hold ``desired``
+    (:func:`annotation_body` bodies), and the annotations the task holds after them.
+
+    Label Studio 1.23.2 keeps one ground truth per task when annotations are written one at a
+    time: a create or ``PATCH`` whose body has ``ground_truth: true`` clears the flag on the task's
+    other annotations; a body without the key leaves them alone (an import, on the other hand, sets
+    the flag on every annotation that does not carry the key, so several can hold it). Hence:
+
+    - annotations are paired fewest-changes first: equal content (and, with ``authors``, author) is
+      kept; then equal content with another author; then equal result with other flags; the rest
+      pairwise by id, then deleted or created;
+    - an update sends only the fields that differ (``result``, ``was_cancelled``, ``ground_truth``,
+      with ``authors`` ``completed_by``; ``lead_time`` along with them), so it never names a flag
+      that is already right;
+    - ``ground_truth: true`` is sent only when ``desired`` has at most one ground truth, where
+      clearing the others is what ``desired`` wants anyway. With several, a flag an annotation
+      lacks cannot be set in place without clearing one that must stay: it is left as the server
+      has it (a create sends ``false``), and the returned annotations say so.
+
+    Args:
+        desired: the annotations the task should hold (``completed_by`` only where that user exists).
+        current: the server task's annotations (``id``, ``result``, flags, ``completed_by``).
+        authors: also match and set ``completed_by`` (a restore: same server, same users). Without
+            it an update leaves the author of the existing annotation as it is.
 
     Returns:
-        ``[]`` when the contents are equal; else ``("patch_task", {"data", "meta"})`` if data or meta
-        (without origin) differ, then annotation and prediction ops (see :func:`_match`).
+        ``(ops, held)``: ``update_annotation``/``delete_annotation``/``create_annotation`` ops, and
+        the annotations (``result``, ``was_cancelled``, ``ground_truth``) the task holds once the
+        server applied them, for :func:`content_hash`.
+    """
+    can_set = sum(bool(d.get("ground_truth")) for d in desired) <= 1
+    rest = sorted(current, key=lambda c: c.get("id") or 0)
+    left = list(range(len(desired)))
+
+    def pair(match: Any, order: list[int]) -> None:
+        for i in order:
+            hit = next((c for c in rest if match(desired[i], c)), None)
+            if hit is not None:
+                pairs.append((i, hit))
+                left.remove(i)
+                rest.remove(hit)
+
+    def author_ok(d: dict[str, Any], c: dict[str, Any]) -> bool:
+        return not authors or "completed_by" not in d or annotation_author(c) == d["completed_by"]
+
+    pairs: list[tuple[int, dict[str, Any]]] = []
+    # Annotations that name their author go first, so one that does not cannot take their match.
+    pair(lambda d, c: _same(d, c, "result", "was_cancelled", "ground_truth") and author_ok(d, c),
+         sorted(left, key=lambda i: "completed_by" not in desired[i]))
+    pair(lambda d, c: _same(d, c, "result", "was_cancelled", "ground_truth"), list(left))
+    pair(lambda d, c: _same(d, c, "result", "was_cancelled"), list(left))
+    pair(lambda d, c: True, list(left))
+    ops: list[Op] = []
+    held: list[dict[str, Any]] = []
+    for i, cur in sorted(pairs, key=lambda p: p[1].get("id") or 0):
+        d, want, have = desired[i], annotation_key(desired[i]), annotation_key(cur)
+        body: dict[str, Any] = {k: want[k] for k in ("result", "was_cancelled") if _canon(want[k]) != _canon(have[k])}
+        flag = have["ground_truth"]
+        if want["ground_truth"] != flag and (can_set or not want["ground_truth"]):
+            body["ground_truth"] = flag = want["ground_truth"]
+        if authors and "completed_by" in d and annotation_author(cur) != d["completed_by"]:
+            body["completed_by"] = d["completed_by"]
+        if body and d.get("lead_time") is not None and d["lead_time"] != cur.get("lead_time"):
+            body["lead_time"] = d["lead_time"]
+        if body:
+            ops.append(("update_annotation", cur["id"], body))
+        held.append({**want, "ground_truth": flag})
+    ops += [("delete_annotation", cur["id"]) for cur in rest]
+    for i in left:
+        body = {**desired[i], "ground_truth": bool(desired[i].get("ground_truth")) and can_set}
+        ops.append(("create_annotation", body))
+        held.append(annotation_key(body))
+    # A ``ground_truth: true`` is sent only when desired has no other ground truth: the flags the
+    # server clears are false in ``held`` already, so ``held`` is what the server holds.
+    return ops, held
+
+
+def sets_ground_truth(ops: Sequence[Op]) -> bool:
+    """Whether an op sends ``ground_truth: true``: the server then clears it on the task's other annotations."""
+    return any(op[0] in ("create_annotation", "update_annotation") and bool(op[-1].get("ground_truth"))
+               for op in ops)
+
+
+def plan_task_ops(desired: dict[str, Any], current: dict[str, Any], *,
+                  authors: bool = False) -> tuple[list[Op], dict[str, Any]]:
+    """Ops that make the server task ``current`` hold ``desired`` (an :func:`import_payload`), and
+    the content it holds after them.
+
+    Args:
+        authors: match and set annotation authors too (see :func:`annotation_ops`).
+
+    Returns:
+        ``(ops, held)``: ``[]`` when nothing a write can change differs; else
+        ``("patch_task", {"data", "meta"})`` if data or meta (without origin) differ, then annotation
+        ops (:func:`annotation_ops`) and prediction ops (matched by content, the rest updated
+        pairwise, deleted or created). ``held`` is the task (``data``, ``meta``, ``annotations``,
+        ``predictions``) as the server holds it afterwards: :func:`content_hash` of it is what the
+        id map records. It differs from ``desired`` only in ground truth flags that cannot be set
+        in place.
     """
     ops: list[Op] = []
     if (desired["data"] != (current.get("data") or {})
             or strip_origin(desired["meta"]) != strip_origin(current.get("meta"))):
         ops.append(("patch_task", {"data": desired["data"], "meta": desired["meta"]}))
-    ops += _match(desired["annotations"], current.get("annotations") or [], annotation_key, "annotation")
+    annotation_part, annotations = annotation_ops(desired["annotations"], current.get("annotations") or [],
+                                                  authors=authors)
+    ops += annotation_part
     ops += _match(desired["predictions"], current.get("predictions") or [], prediction_key, "prediction")
-    return ops
+    held = {"data": desired["data"], "meta": desired["meta"], "annotations": annotations,
+            "predictions": desired["predictions"]}
+    return ops, held
 
+
+def task_ops(desired: dict[str, Any], current: dict[str, Any], *, authors: bool = False) -> list[Op]:
+    """The ops of :func:`plan_task_ops` alone."""
+    return plan_task_ops(desired, current, authors=authors)[0]
+
+
+def authors_differ(want: dict[str, Any], have: dict[str, Any], users: set[int]) -> bool:
+    """Whether ``have`` lacks an author that ``want`` gives an annotation of equal content.
+
+    Only authors in ``users`` (the server's users) count: an author the server no longer has
+    cannot be set, so a restore does not try. Within annotations of equal content any pairing
+    is as good as another, so it is enough that the known authors of ``want``'s annotations of
+    each content are among ``have``'s.
+    """
+    wanted: dict[str, list[int]] = {}
+    for a in want.get("annotations") or []:
+        who = annotation_author(a)
+        if who in users:
+            wanted.setdefault(_canon(annotation_key(a)), []).append(who)
+    for key, authors in wanted.items():
+        there = [annotation_author(a) for a in have.get("annotations") or [] if _canon(annotation_key(a)) == key]
+        for user in authors:
+            if user not in there:
+                return True
+            there.remove(user)
+    return False
 
 
 def control_names(label_config: str) -> set[str]:
@@ -242,19 +372,22 @@ TaskKey = tuple[int, Any]  # (task id, created_at): a task's identity, as ids ar
 def plan_task_changes(
     wanted: Mapping[TaskKey, tuple[Any, dict[str, Any]]],
     current: Mapping[TaskKey, tuple[Any, dict[str, Any]]],
+    users: set[int] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], dict[str, Any]]], list[int]]:
     """Plan what makes a project holding the ``current`` rows hold the ``wanted`` ones.
 
     Args:
         wanted, current: ``{(id, created_at): (stamp, stored row)}``; rows whose stamps are equal
             are not read further.
+        users: the server's user ids; when given, a task whose content is equal but whose
+            annotations lack authors ``wanted`` gives them (:func:`authors_differ`) is an update too.
 
     Returns:
         ``(create, update, delete)``: tasks of ``wanted`` the project lacks (in key order),
-        ``(wanted task, current task)`` pairs whose content differs (:func:`content_hash`), and
-        the ids of current tasks ``wanted`` does not have (sorted). A current task that holds the
-        content of a missing one (restored earlier under a new id) is neither deleted nor created
-        again, so applying a plan twice changes nothing the second time.
+        ``(wanted task, current task)`` pairs whose content (or, with ``users``, authors) differs,
+        and the ids of current tasks ``wanted`` does not have (sorted). A current task that holds
+        the content of a missing one (restored earlier under a new id) is neither deleted nor
+        created again, so applying a plan twice changes nothing the second time.
     """
     create: list[dict[str, Any]] = []
     update: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -266,7 +399,7 @@ def plan_task_changes(
         if cur_stamp == stamp:
             continue
         want, have = row_to_task(row), row_to_task(cur_row)
-        if content_hash(want) != content_hash(have):
+        if content_hash(want) != content_hash(have) or (users is not None and authors_differ(want, have, users)):
             update.append((want, have))
     spare: dict[str, list[int]] = {}
     for key, (_, row) in current.items():

@@ -13,8 +13,17 @@ stamp moved and whose content differs from that hash; a mirror reads the same li
 way round to push target-side edits back.
 
 **Updates are in place.** A changed task keeps its target id: ``PATCH`` of data and meta if they
-differ; annotations and predictions are matched by content; the unmatched are ``PATCH``-ed pairwise,
-then deleted or created. Task ids, comments and links to tasks survive a push.
+differ; annotations and predictions are matched by content; the unmatched are ``PATCH``-ed pairwise
+with only the fields that differ, then deleted or created. Task ids, comments and links to tasks
+survive a push. No write sets a ground truth flag that would make Label Studio clear another
+annotation's (:func:`ls_space_sync.taskdiff.annotation_ops`), and the hash a link records is the
+content the target holds after the writes, read back where the server changed more than was named.
+
+**Identity.** A target task is the link's only while its ``created_at`` is the one read right
+after its import: SQLite Label Studio gives a new task ``max(id)+1``, so a deleted target task's
+id can come back for someone else's task. Such a task is never updated or deleted: the row is
+imported again and the push counts it (``reused``). A link from before ``created_at`` was recorded
+is trusted only if the task carries this source's origin mark for that row.
 
 **Crash safety.** Links are written right after each chunk's import returns, and every pushed
 task carries its origin in ``meta["ls_space_sync"]`` (dataset, version, source project, id and
@@ -47,7 +56,8 @@ from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, PushL
 from ls_space_sync.store.dataset import ProjectStore, project_lock
 from ls_space_sync.model.taskdiff import (  # noqa: F401 - re-exported: the push's errors and origin key are part of its API
     ORIGIN_KEY, LabelConfigMismatch, Op, PushError, annotation_author, batch_result_names, batch_stamps,
-    check_label_config, content_hash, import_payload, require_results, result_names, task_ops,
+    check_label_config, content_hash, import_payload, plan_task_ops, require_results, result_names,
+    sets_ground_truth, task_ops,
 )
 
 log = logging.getLogger(__name__)
@@ -144,6 +154,7 @@ class PushResult:
     echoes: int = 0  # rows whose stamp moved but whose content is what was last pushed
     resumed: int = 0  # tasks found in the target by their origin meta and linked
     conflicts: int = 0  # both sides changed since the last push; the source won
+    reused: int = 0  # linked target ids that now hold another task (Label Studio reused the id): left alone
     authors_dropped: int = 0  # annotations whose completed_by is not a user of the server
     new_project: bool = False
     requests: int = 0
@@ -157,7 +168,9 @@ class PushResult:
     def summary(self) -> str:
         """One line: ``push project 3 v7 -> project 9: +10 ~2 -1 (1.3 s, 6 requests)``."""
         extra = [f"{n} {what}" for n, what in ((self.unchanged, "unchanged"), (self.resumed, "resumed"),
-                 (self.conflicts, "conflicts (source won)"), (self.authors_dropped, "authors not on server"))
+                 (self.conflicts, "conflicts (source won)"),
+                 (self.reused, "target ids reused by another task (left alone)"),
+                 (self.authors_dropped, "authors not on server"))
                  if n]
         new = " (new project)" if self.new_project else ""
         return (f"push project {self.source_project} v{self.version} -> project {self.target_project}{new}: "
@@ -332,6 +345,31 @@ class _Push:
                 return link
         return None
 
+    def owns(self, link: _Link, task: dict[str, Any]) -> bool:
+        """Whether the target task ``task`` (with ``created_at``, ``meta``, ``project``) is the one
+        ``link`` points at, not another task that got its id.
+
+        The task's ``created_at`` must be the link's. A link without one (written before it was
+        recorded) is trusted only if the task carries this source's origin mark for the link's
+        row; on the source side of a mirror (no origin mark to check) it is not trusted.
+        """
+        if task.get("project") is not None and int(task["project"]) != self.target:
+            return False  # a task id is global: a scattered GET can return another project's task
+        if link.there_created is not None:
+            return _micros(task.get("created_at")) == link.there_created
+        if not link.forward:
+            return False
+        origin = (task.get("meta") or {}).get(ORIGIN_KEY) or {}
+        return (origin.get("source_project") == self.source and origin.get("source_id") == link.here_id
+                and (link.here_created is None or _micros(origin.get("source_created_at")) == link.here_created))
+
+    def warn_reused(self, links: list[_Link], what: str) -> None:
+        """Count and log links whose target id now holds another task."""
+        self.result.reused += len(links)
+        log.warning("%d tasks of project %s are no longer the tasks pushed there from project %s (Label Studio "
+                    "reused their ids for other tasks: %s); left them alone and %s", len(links), self.target,
+                    self.source, ", ".join(str(link.there_id) for link in links[:20]), what)
+
     def origin(self, task: dict[str, Any]) -> dict[str, Any]:
         return {"dataset": f"project-{self.source}", "version": self.ds.version, "source_project": self.source,
                 "source_id": task["id"], "source_created_at": task.get("created_at")}
@@ -459,7 +497,11 @@ class _Push:
             bar.close()
 
     def import_chunk(self, items: list[tuple[dict[str, Any], Any]], replacing: list[_Link] | None = None) -> int:
-        """Import tasks in one request and write their links at once (before anything else)."""
+        """Import tasks in one request and write their links at once (before anything else); then
+        read the new tasks' ``created_at`` back into the links (their identity, see :meth:`owns`).
+
+        The hash recorded is that of the import body: an import stores the flags it is given.
+        """
         payload = [import_payload(t, self.origin(t), self.users) for t, _ in items]
         self.result.authors_dropped += sum(
             1 for (t, _), p in zip(items, payload) for a, b in zip(t.get("annotations") or [], p["annotations"])
@@ -480,16 +522,32 @@ class _Push:
             out.append(link)
         self.save(out)
         self.result.created += len(items)
+        # page_size one more than asked for: a full page would make the pager ask for the next one
+        created = {t["id"]: _micros(t.get("created_at")) for page in self.client.iter_task_pages(
+            self.target, ids=ids, fields="task_only", include="id,created_at", page_size=len(ids) + 1) for t in page}
+        for link in out:
+            # absent (deleted right away): stays None, so only the origin mark can vouch for it
+            link.there_created, link.dirty = created.get(link.there_id), True
+        self.save(out)
         return len(items)
 
     def update_chunk(self, items: list[tuple[dict[str, Any], Any, _Link]]) -> int:
-        """Make linked target tasks hold their rows' content, in place; re-import those gone."""
+        """Make linked target tasks hold their rows' content, in place; re-import those gone.
+
+        A target task that is not the link's any more (:meth:`owns`: its id was reused) is never
+        written: the row is imported again, counted in ``reused``. Each link records the hash of
+        what its target task holds after the writes: the content :func:`plan_task_ops` says the
+        server keeps, or, where an op sent ``ground_truth: true`` (the server then clears the flag
+        on the task's other annotations), the task as read back.
+        """
         current = fetch_tasks(self.client, self.target, [link.there_id for _, _, link in items], self.page_size)
-        gone = []
+        gone: list[tuple[dict[str, Any], Any, _Link]] = []
+        reused: list[tuple[dict[str, Any], Any, _Link]] = []
+        reread: dict[int, _Link] = {}
         for task, stamp, link in items:
             cur = current.get(link.there_id)
-            if cur is None or (link.there_created is not None and _micros(cur.get("created_at")) != link.there_created):
-                gone.append((task, stamp, link))
+            if cur is None or not self.owns(link, cur):
+                (gone if cur is None else reused).append((task, stamp, link))
                 continue
             desired = import_payload(task, self.origin(task), self.users)
             want = content_hash(desired)
@@ -498,25 +556,35 @@ class _Push:
                 self.result.conflicts += 1
                 log.warning("task %s of project %s changed on both sides since the last push; the source wins "
                             "(the target's edit is in its own dataset if it was pulled)", cur["id"], self.target)
-            ops = task_ops(desired, cur)
+            ops, held = plan_task_ops(desired, cur)
             apply_ops(self.client, cur["id"], ops)
             if ops:
                 self.result.updated += 1
             else:
                 self.result.unchanged += 1
-            link.here_stamp, link.content_hash, link.dirty = json.dumps(list(stamp)), want, True
+            if sets_ground_truth(ops):
+                reread[cur["id"]] = link
+            link.here_stamp, link.content_hash, link.dirty = json.dumps(list(stamp)), content_hash(held), True
             link.there_created, link.there_stamp = _micros(cur.get("created_at")), None
-        gone_ids = {id(link) for _, _, link in gone}
-        self.save([link for _, _, link in items if id(link) not in gone_ids])
+        for task_id, task in fetch_tasks(self.client, self.target, list(reread), self.page_size).items():
+            if task_id in reread:
+                reread[task_id].content_hash = content_hash(task)
+        redo = {id(link) for _, _, link in gone + reused}
+        self.save([link for _, _, link in items if id(link) not in redo])
+        if reused:
+            self.warn_reused([link for _, _, link in reused], "imported the source tasks again")
         if gone:
             log.info("%d linked tasks are gone from project %s; importing them again", len(gone), self.target)
-            self.import_chunk([(t, s) for t, s, _ in gone], replacing=[link for _, _, link in gone])
+        if gone or reused:
+            self.import_chunk([(t, s) for t, s, _ in gone + reused], replacing=[link for _, _, link in gone + reused])
         return len(items)
 
     def delete_gone(self, present: set[tuple[int, int]]) -> None:
         """Delete target tasks whose linked source rows are gone from the version (hard deletes).
 
-        A row that merely falls outside ``--ids``/``--where`` is not a delete.
+        A row that merely falls outside ``--ids``/``--where`` is not a delete. Only target tasks
+        that are still the link's (:meth:`owns`) are deleted; one whose id now holds another task
+        is left alone and counted in ``reused``. The links of gone rows are dropped either way.
         """
         present_ids = {i for i, _ in present}
         gone = [link for links in self.links.values() for link in links if link.row_id is not None and (
@@ -525,10 +593,14 @@ class _Push:
         for start in range(0, len(gone), self.chunk):
             part = gone[start:start + self.chunk]
             ids = [link.there_id for link in part]
-            present = {t["id"]: t for page in self.client.iter_task_pages(
-                self.target, ids=ids, fields="task_only", include="id,created_at", page_size=self.chunk) for t in page}
-            doomed = [link.there_id for link in part if link.there_id in present and link.there_created in
-                      (None, _micros(present[link.there_id].get("created_at")))]
+            there = {t["id"]: t for page in self.client.iter_task_pages(
+                self.target, ids=ids, fields="task_only", include="id,created_at,meta,project", page_size=len(ids) + 1)
+                for t in page}
+            found = [link for link in part if link.there_id in there]
+            doomed = [link.there_id for link in found if self.owns(link, there[link.there_id])]
+            if len(doomed) < len(found):
+                self.warn_reused([link for link in found if link.there_id not in doomed],
+                                 "did not delete them (their source rows are gone)")
             self.client.delete_tasks(self.target, doomed)
             self.result.deleted += len(doomed)
             with self.state.Session.begin() as s:

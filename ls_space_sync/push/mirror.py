@@ -24,6 +24,8 @@ import logging
 from typing import Any
 
 import click
+from sqlalchemy import Integer
+from sqlalchemy.orm import Mapped, mapped_column
 
 from ls_space_sync.push.engine import push
 from ls_space_sync.settings import MirrorSettings
@@ -105,13 +107,16 @@ def summary_lines(result: dict[str, Any], pair: MirrorSettings) -> list[str]:
 
     ``mirror 18 -> 19 (both ways): quiet``, or ``...: 1 new versions, 2 tasks moved``; then
     ``pull project 18: no change +0 ~0 -0 (0.4 s, 2 requests)`` and
-    ``push 19 -> 18: +1 ~1 -0 (2 echoes, 0 conflicts)``.
+    ``push 19 -> 18: +1 ~1 -0 (2 echoes, 0 conflicts)`` (``, 1 reused ids`` when a linked task's id
+    now holds another task, which the push left alone).
     """
     state = "quiet" if result["quiet"] else f"{result['versions']} new versions, {result['moved']} tasks moved"
     lines = [f"mirror {result['source']} -> {result['target']}{' (both ways)' if pair.both_ways else ''}: {state}"]
     lines += [f"pull {line}" for line in result["pulls"]]
-    lines += [f"push {p['source_project']} -> {p['target_project']}: +{p['created']} ~{p['updated']} "
-              f"-{p['deleted']} ({p['echoes']} echoes, {p['conflicts']} conflicts)" for p in result["pushes"]]
+    for p in result["pushes"]:
+        reused = f", {p['reused']} reused ids" if p.get("reused") else ""
+        lines.append(f"push {p['source_project']} -> {p['target_project']}: +{p['created']} ~{p['updated']} "
+                     f"-{p['deleted']} ({p['echoes']} echoes, {p['conflicts']} conflicts{reused})")
     return lines
 
 

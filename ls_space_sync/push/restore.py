@@ -7,10 +7,19 @@ overwrites is itself kept as a version):
 - tasks of the version the project no longer has are imported again (new task ids);
 - tasks whose content (data, meta, annotations, predictions; :func:`ls_space_sync.taskdiff.content_of`)
   differs are changed in place, as a push does: task ids stay;
+- annotations get the version's authors back (same server, same users): an annotation whose
+  author differs from the version's is given it, one the restore writes carries it; an author
+  the server no longer has is left to the server (it records the restoring user on a create);
 - tasks the version did not have are deleted, except one that holds the content of a missing
   task (restored earlier under a new id): restoring twice changes nothing the second time.
 
 After the writes a second pull records the restored state as a new version.
+
+Ground truth flags follow Label Studio's rule for annotations written one at a time (a flag set
+clears it on the task's other annotations): a task that held several flags (an import sets one on
+every annotation without the key) keeps those of the annotations the restore does not edit; a flag
+that cannot be set in place without clearing one of them is left as the server has it, and a task
+whose only difference is such a flag is not part of the plan (:func:`ls_space_sync.taskdiff.annotation_ops`).
 """
 
 from __future__ import annotations
@@ -78,6 +87,11 @@ def plan_restore(syncer: Any, project_id: int, version: int | str | None = None,
     """Pull the project, then compare the stored ``version`` (number or tag, or ``as_of`` a UTC
     time) with the pulled state.
 
+    A task is an update when its content differs or its annotations lack authors the version
+    gives them (users the server has), and a write can change it: a task whose only difference is
+    a ground truth flag that cannot be set in place is left out, so the plan of a restore that
+    has been applied is empty.
+
     Raises:
         StoreError: no such version or tag. LabelStudioError: the pull failed.
         PushError: the version's annotations were stored without results (see ``require_results``).
@@ -86,9 +100,16 @@ def plan_restore(syncer: Any, project_id: int, version: int | str | None = None,
     store = syncer.store(project_id)
     wanted_ds = store.dataset(version, as_of=as_of)
     plan = RestorePlan(project_id, wanted_ds.version, pulled=pulled.summary())
-    plan.create, plan.update, plan.delete = plan_task_changes(_tasks(wanted_ds), _tasks(store.dataset()))
-    for task in plan.create + [want for want, _ in plan.update]:
+    users = syncer.client.user_ids()
+    plan.create, update, plan.delete = plan_task_changes(_tasks(wanted_ds), _tasks(store.dataset()), users)
+    for task in plan.create + [want for want, _ in update]:
         require_results(task)
+    plan.update = [(want, have) for want, have in update
+                   if task_ops(import_payload(want, None, users), have, authors=True)]
+    if len(plan.update) < len(update):
+        log.info("project %s: %d tasks differ from version %s only in ground truth flags that Label Studio does "
+                 "not let a write set without clearing another annotation's; left as they are", project_id,
+                 len(update) - len(plan.update), plan.version)
     return plan
 
 
@@ -121,7 +142,7 @@ def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> 
                 out["created"] += len(part)
                 bar.update(len(part))
             for want, have in plan.update:
-                ops = task_ops(import_payload(want, None, users), have)
+                ops = task_ops(import_payload(want, None, users), have, authors=True)
                 apply_ops(client, have["id"], ops)
                 out["updated"] += 1
                 bar.update(1)

@@ -22,6 +22,7 @@ daemon reads.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,6 +49,8 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from ls_space_sync.errors import Terminal
+
+log = logging.getLogger(__name__)
 
 #: The schema revision the classes below map: the head of ``migrations/versions`` (a test checks).
 SCHEMA_REVISION = "0002"
@@ -230,7 +233,8 @@ def upgrade_schema(engine: Engine) -> bool:
     PostgreSQL a transaction-level advisory lock. A failed upgrade rolls back whole.
 
     Returns:
-        Whether revisions ran (``False``: the database was at the head, which costs one query).
+        Whether this call ran revisions (``False``: the database was at the head, which costs one
+        query, or another process upgraded it while this one waited for the lock).
 
     Raises:
         StateSchemaError: the database is at a revision this code does not know (a newer release
@@ -251,13 +255,22 @@ def upgrade_schema(engine: Engine) -> bool:
         current = MigrationContext.configure(conn).get_current_revision()  # again: under the lock
         if current is not None and current not in known:
             raise StateSchemaError(
-                f"the state database {engine.url.render_as_string(hide_password=True)} is at schema revision "
-                f"{current}, which this ls-space-sync does not know (it knows up to {SCHEMA_REVISION}): a newer "
-                "release upgraded it; install that release, or point state_url at another database")
-        if current != SCHEMA_REVISION:
+                f"the state database {_where(engine)} is at schema revision {current}, which this ls-space-sync "
+                f"does not know (it knows up to {SCHEMA_REVISION}): a newer release upgraded it; install that "
+                "release, or point state_url at another database")
+        upgraded = current != SCHEMA_REVISION
+        if upgraded:
             command.upgrade(alembic_config(conn), "head")
         conn.commit()
-    return current != SCHEMA_REVISION
+    if upgraded:
+        log.info("state database %s: schema upgraded from %s to revision %s", _where(engine),
+                 f"revision {current}" if current else "none (a new database, or one made by release 0.1.0)",
+                 SCHEMA_REVISION)
+    return upgraded
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
 
 
 class StateDB:

@@ -11,14 +11,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ls_space_sync.localserver import free_port
-from ls_space_sync.mirror import mirror_once
-from ls_space_sync.push import content_hash
-from ls_space_sync.server import serve
+from ls_space_sync.quickstart.localserver import free_port
+from ls_space_sync.push.mirror import mirror_once
+from ls_space_sync.push.engine import content_hash
+from ls_space_sync.service.http import serve
 from ls_space_sync.settings import MirrorSettings, load_settings
-from ls_space_sync.state import StateDB
-from ls_space_sync.store import ProjectStore
-from ls_space_sync.sync import Syncer
+from ls_space_sync.store.state import StateDB
+from ls_space_sync.store.dataset import ProjectStore
+from ls_space_sync.pull.run import Syncer
 from tests.integration.test_service import wait_for
 
 pytestmark = pytest.mark.integration

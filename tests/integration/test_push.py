@@ -10,13 +10,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from ls_space_sync.labelstudio import LabelStudioError
-from ls_space_sync.push import ORIGIN_KEY, LabelConfigMismatch, PushLink, push
-from ls_space_sync.records import table_to_tasks
-from ls_space_sync.restore import apply_restore, plan_restore
+from ls_space_sync.labelstudio.client import LabelStudioError
+from ls_space_sync.push.engine import ORIGIN_KEY, LabelConfigMismatch, PushLink, push
+from ls_space_sync.model.records import table_to_tasks
+from ls_space_sync.push.restore import apply_restore, plan_restore
 from ls_space_sync.settings import load_settings
-from ls_space_sync.state import SKIPPED
-from ls_space_sync.sync import Syncer
+from ls_space_sync.store.state import SKIPPED
+from ls_space_sync.pull.run import Syncer
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,10 @@ def test_a_tag_pushed_to_a_new_project_equals_the_source_task_by_task(label_stud
             links = s.scalars(select(PushLink).where(PushLink.target_project == dst)).all()
         assert len(links) == 12
         assert all(targets[link.target_id]["meta"][ORIGIN_KEY]["source_id"] == link.source_id for link in links)
-        assert result.requests == 1 + 3  # the user list, 12 tasks in chunks of 5
+        # the user list, 12 tasks in chunks of 5, and per chunk the read-back of the new tasks'
+        # created_at (their identity: SQLite Label Studio reuses task ids)
+        assert result.requests == 1 + 3 + 3
+        assert all(link.target_created is not None for link in links)
     finally:
         ls_client.projects.delete(id=dst)
 
@@ -152,8 +155,9 @@ def test_a_second_push_moves_only_changed_tasks_in_place_and_follows_deletes(lab
     before = set(server_tasks(label_studio, dst))
     result = push(syncer, source, target_project=dst, delete=True)
     assert (result.created, result.updated, result.deleted, result.unchanged) == (1, 2, 1, 9)
-    # project + users, one listing of the 2 changed targets, 2 PATCHes, 1 import, delete: check + action
-    assert result.requests == 8
+    # project + users, one listing of the 2 changed targets, 2 PATCHes, 1 import and the read-back
+    # of its created_at, delete: check + action
+    assert result.requests == 9
     after = set(server_tasks(label_studio, dst))
     assert len(after) == 12 and len(before - after) == 1 and len(after - before) == 1  # updated tasks kept ids
     for a, b in pairs(label_studio, source, dst):

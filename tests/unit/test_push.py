@@ -13,14 +13,15 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from sqlalchemy import select, update
 
-from ls_space_sync.labelstudio import LabelStudioError, ServerUnavailable
-from ls_space_sync.mirror import mirror_once
-from ls_space_sync.push import ORIGIN_KEY, LabelConfigMismatch, PushError, _Push, content_hash, push
-from ls_space_sync.restore import apply_restore, plan_restore
+from ls_space_sync.labelstudio.client import LabelStudioError, ServerUnavailable
+from ls_space_sync.push.mirror import mirror_once, summary_lines
+from ls_space_sync.push.engine import ORIGIN_KEY, LabelConfigMismatch, PushError, PushLink, _micros, _Push, content_hash, push
+from ls_space_sync.push.restore import apply_restore, plan_restore
 from ls_space_sync.settings import MirrorSettings, load_settings
-from ls_space_sync.state import FAILED, SKIPPED, SUCCEEDED
-from ls_space_sync.sync import Syncer
+from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED
+from ls_space_sync.pull.run import Syncer
 
 URL = "http://ls.test"
 KEY = "unit-test-token"
@@ -66,10 +67,26 @@ class FakeServer:
                                                    "created_at": ts, "updated_at": ts})
         return tid
 
-    def _ann(self, a: dict[str, Any], ts: str) -> dict[str, Any]:
+    def _ann(self, a: dict[str, Any], ts: str, default_gt: bool = True) -> dict[str, Any]:
+        # An import sets ground_truth on annotations without the key; the API's create does not.
         return {"id": next(self.ids), "result": a.get("result", []), "completed_by": a.get("completed_by", 1),
-                "was_cancelled": a.get("was_cancelled", False), "ground_truth": a.get("ground_truth", True),
+                "was_cancelled": a.get("was_cancelled", False), "ground_truth": a.get("ground_truth", default_gt),
                 "lead_time": a.get("lead_time"), "created_at": ts, "updated_at": ts}
+
+    @staticmethod
+    def unique_ground_truth(task: dict[str, Any], body: dict[str, Any], annotation: dict[str, Any]) -> None:
+        """Label Studio's rule: a write naming ground_truth=true clears it on the other annotations."""
+        if body.get("ground_truth"):
+            for other in task["annotations"]:
+                if other is not annotation:
+                    other["ground_truth"] = False
+
+    def reuse(self, tid: int, task: dict[str, Any]) -> None:
+        """Delete task ``tid`` and give its id to another task of the same project (SQLite Label Studio)."""
+        pid = self.tasks.pop(tid)["project"]
+        ts = self.ts()
+        self.tasks[tid] = {"id": tid, "project": pid, "data": task["data"], "meta": task.get("meta", {}),
+                           "created_at": ts, "updated_at": ts, "annotations": [], "predictions": []}
 
     def of(self, pid: int) -> list[dict[str, Any]]:
         return [t for t in sorted(self.tasks.values(), key=lambda t: t["id"]) if t["project"] == pid]
@@ -131,7 +148,8 @@ class FakeServer:
             return httpx.Response(200, json=self.view(t))
         if m := re.fullmatch(r"/api/tasks/(\d+)/annotations/", path):
             t = self.tasks[int(m[1])]
-            t["annotations"].append(self._ann(body, self.ts()))
+            t["annotations"].append(self._ann(body, self.ts(), default_gt=False))
+            self.unique_ground_truth(t, body, t["annotations"][-1])
             self.touch(t["id"])
             return httpx.Response(201, json=t["annotations"][-1])
         if path == "/api/predictions/":
@@ -145,6 +163,8 @@ class FakeServer:
                 t[m[1]].remove(o)
             else:
                 o.update(body)
+                if m[1] == "annotations":
+                    self.unique_ground_truth(t, body, o)
             self.touch(t["id"])
             return httpx.Response(204 if method == "DELETE" else 200, json=None if method == "DELETE" else o)
         if path == "/api/dm/actions/":
@@ -155,7 +175,11 @@ class FakeServer:
 
     def list_tasks(self, q: httpx.QueryParams) -> httpx.Response:
         tasks = [self.view(t) for t in self.of(int(q["project"]))]
-        for f in json.loads(q.get("query") or "{}").get("filters", {}).get("items", []):
+        query = json.loads(q.get("query") or "{}")
+        if "selectedItems" in query:
+            included = set(query["selectedItems"]["included"])
+            tasks = [t for t in tasks if t["id"] in included]
+        for f in query.get("filters", {}).get("items", []):
             key, op, value = f["filter"], f["operator"], f["value"]
             if key == "filter:tasks:id":
                 test = {"greater": lambda t: t["id"] > value, "greater_or_equal": lambda t: t["id"] >= value,
@@ -344,6 +368,127 @@ def test_a_push_killed_between_import_and_links_resumes_without_duplicates(tmp_p
     assert syncer.state.runs(src, kind="push")[1].status == FAILED  # the dead run is closed
 
 
+def test_links_record_the_target_created_at_read_back_after_the_import(tmp_path, fake):
+    src = seed(fake, 3)
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    push(syncer, src, target_project=dst)
+    with syncer.state.Session() as s:
+        links = {link.target_id: link.target_created for link in s.scalars(select(PushLink))}
+    assert links == {t["id"]: _micros(t["created_at"]) for t in fake.of(dst)}
+    reads = [r for r in fake.calls if r.url.path == "/api/tasks/" and r.url.params["project"] == str(dst)
+             and r.url.params.get("include") == "id,created_at"]
+    assert len(reads) == 1  # one read-back per imported chunk (3 tasks, chunks of 4)
+
+
+def reused_target(tmp_path, fake) -> tuple[Any, int, int, int]:
+    """Two source tasks pushed; the target's copy of the second deleted and its id given to another task."""
+    src = seed(fake, 2)
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    push(syncer, src, target_project=dst)
+    theirs = fake.of(dst)[1]["id"]
+    fake.reuse(theirs, {"data": {"text": "the target's own"}})
+    return syncer, src, dst, theirs
+
+
+def test_a_target_task_whose_id_was_reused_is_left_alone_and_the_row_imported_again(tmp_path, fake, caplog):
+    syncer, src, dst, theirs = reused_target(tmp_path, fake)
+    row = fake.of(src)[1]
+    row["data"] = {"text": "edited"}
+    fake.touch(row["id"])
+    syncer.run_once(src)
+    fake.calls.clear()
+    result = push(syncer, src, target_project=dst, delete=True)
+    assert fake.tasks[theirs]["data"] == {"text": "the target's own"} and fake.tasks[theirs]["annotations"] == []
+    assert not [w for w in fake.writes() if w.startswith("PATCH") or w == "POST /api/dm/actions/"]
+    assert (result.created, result.updated, result.deleted, result.reused, result.conflicts) == (1, 0, 0, 1, 0)
+    assert "1 target ids reused by another task (left alone)" in result.summary()
+    assert "Label Studio reused their ids" in caplog.text
+    assert sorted(t["data"]["text"] for t in fake.of(dst)) == ["edited", "t0", "the target's own"]
+    assert push(syncer, src, target_project=dst, delete=True).moved == 0
+
+
+def test_a_target_task_whose_id_was_reused_is_not_deleted_with_its_source_row(tmp_path, fake):
+    syncer, src, dst, theirs = reused_target(tmp_path, fake)
+    fake.tasks.pop(fake.of(src)[1]["id"])
+    syncer.run_once(src, full_scan=True)
+    result = push(syncer, src, target_project=dst, delete=True)
+    assert theirs in fake.tasks and (result.deleted, result.reused) == (0, 1)
+    with syncer.state.Session() as s:
+        assert [link.target_id for link in s.scalars(select(PushLink))] == [fake.of(dst)[0]["id"]]
+
+
+def test_a_link_without_target_created_at_is_trusted_only_on_the_origin_mark(tmp_path, fake):
+    syncer, src, dst, theirs = reused_target(tmp_path, fake)
+    with syncer.state.Session.begin() as s:  # as a push before the read-back left its links
+        s.execute(update(PushLink).values(target_created=None))
+    for row in fake.of(src):
+        row["data"] = {"text": row["data"]["text"] + " edited"}
+        fake.touch(row["id"])
+    syncer.run_once(src)
+    result = push(syncer, src, target_project=dst)
+    ours = fake.of(dst)[0]
+    assert ours["data"] == {"text": "t0 edited"} and fake.tasks[theirs]["data"] == {"text": "the target's own"}
+    assert (result.updated, result.created, result.reused) == (1, 1, 1)
+    with syncer.state.Session() as s:
+        assert None not in [link.target_created for link in s.scalars(select(PushLink))]
+
+
+def gt_pushed(tmp_path, fake, *annotations: dict[str, Any]) -> tuple[Any, int, int]:
+    """A source task with these annotations, synced and pushed to a target."""
+    src = fake.project("source")
+    fake.add(src, {"data": {"text": "x"}, "annotations": list(annotations)})
+    dst = fake.project("target")
+    syncer = make_syncer(tmp_path)
+    syncer.run_once(src)
+    push(syncer, src, target_project=dst)
+    return syncer, src, dst
+
+
+def link_hash(syncer) -> str:
+    with syncer.state.Session() as s:
+        [link] = s.scalars(select(PushLink)).all()
+    return link.content_hash
+
+
+def test_an_edit_next_to_imported_ground_truths_leaves_their_flags(tmp_path, fake):
+    # issue 10 #2: imported without the key, both annotations are ground truths
+    syncer, src, dst = gt_pushed(tmp_path, fake, {"result": choice("a")}, {"result": choice("b")})
+    assert [a["ground_truth"] for a in fake.of(dst)[0]["annotations"]] == [True, True]
+    fake.of(src)[0]["annotations"][1]["result"] = choice("c")
+    fake.touch(fake.of(src)[0]["id"])
+    syncer.run_once(src)
+    fake.calls.clear()
+    assert push(syncer, src, target_project=dst).updated == 1
+    target = fake.of(dst)[0]
+    assert [(a["result"], a["ground_truth"]) for a in target["annotations"]] == [(choice("a"), True),
+                                                                                 (choice("c"), True)]
+    assert json.loads(fake.calls[-1].content) == {"result": choice("c")}  # no flag named
+    assert link_hash(syncer) == content_hash(target)
+    assert push(syncer, src, target_project=dst).unchanged == 1
+
+
+def test_a_ground_truth_set_in_place_is_read_back_and_recorded_as_the_server_holds_it(tmp_path, fake):
+    syncer, src, dst = gt_pushed(tmp_path, fake, {"result": choice("a"), "ground_truth": False},
+                                 {"result": choice("b"), "ground_truth": False})
+    fake.of(src)[0]["annotations"][0]["ground_truth"] = True  # starred in the source
+    fake.touch(fake.of(src)[0]["id"])
+    syncer.run_once(src)
+    fake.calls.clear()
+    assert push(syncer, src, target_project=dst).updated == 1
+    target = fake.of(dst)[0]
+    patch = next(r for r in fake.calls if r.method == "PATCH")
+    assert json.loads(patch.content) == {"ground_truth": True}
+    # the server clears the flag on the task's other annotations: the task is read again after it
+    after = fake.calls[fake.calls.index(patch) + 1:]
+    assert [r.url.path for r in after] == ["/api/tasks/"] and str(target["id"]) in after[0].url.params["query"]
+    assert [a["ground_truth"] for a in target["annotations"]] == [True, False]
+    assert link_hash(syncer) == content_hash(target)
+
+
 # --- mirror and restore --------------------------------------------------------------------
 
 def test_mirror_both_ways_converges_then_stays_quiet(tmp_path, fake):
@@ -364,6 +509,19 @@ def test_mirror_both_ways_converges_then_stays_quiet(tmp_path, fake):
     assert len(fake.of(a)) == len(fake.of(b)) == 6 and contents(fake, a) == contents(fake, b)
     fake.calls.clear()
     assert mirror_once(syncer, pair)["quiet"] and fake.writes() == []
+
+
+def test_a_mirror_pass_line_names_target_ids_that_were_reused(tmp_path, fake):
+    syncer, src, dst, theirs = reused_target(tmp_path, fake)
+    row = fake.of(src)[1]
+    row["data"] = {"text": "edited"}
+    fake.touch(row["id"])
+    pair = MirrorSettings(source=src, target=dst)
+    lines = summary_lines(mirror_once(syncer, pair), pair)
+    assert lines[-1] == f"push {src} -> {dst}: +1 ~0 -0 (0 echoes, 0 conflicts, 1 reused ids)"
+    assert fake.tasks[theirs]["data"] == {"text": "the target's own"}
+    quiet = summary_lines(mirror_once(syncer, pair), pair)[-1]
+    assert quiet == f"push {src} -> {dst}: +0 ~0 -0 (0 echoes, 0 conflicts)"
 
 
 def test_a_conflict_lets_the_source_win_and_converges(tmp_path, fake):
@@ -412,7 +570,7 @@ def test_restore_recreates_updates_and_deletes_to_match_a_tag(tmp_path, fake):
 def test_cli_push_and_restore(tmp_path, fake, monkeypatch):
     from click.testing import CliRunner
 
-    from ls_space_sync.cli import main
+    from ls_space_sync.cli.console import main
 
     src = seed(fake, 3)
     monkeypatch.setenv("LABEL_STUDIO_URL", URL)

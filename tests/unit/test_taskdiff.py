@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from ls_space_sync.changes import stamp_of
-from ls_space_sync.records import STAMP_COLUMNS, schema_for, tasks_to_table
-from ls_space_sync.taskdiff import (
-    ORIGIN_KEY, LabelConfigMismatch, PushError, batch_result_names, batch_stamps, check_label_config, content_hash,
-    control_names, import_payload, plan_task_changes, require_results, result_names, task_ops,
+from ls_space_sync.model.changes import stamp_of
+from ls_space_sync.model.records import STAMP_COLUMNS, schema_for, tasks_to_table
+from ls_space_sync.model.taskdiff import (
+    ORIGIN_KEY, LabelConfigMismatch, PushError, annotation_ops, authors_differ, batch_result_names, batch_stamps,
+    check_label_config, content_hash, control_names, import_payload, plan_task_changes, plan_task_ops,
+    require_results, result_names, sets_ground_truth, task_ops,
 )
 
 CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -59,7 +60,7 @@ def test_task_ops_keep_equal_annotations_and_update_delete_create_the_rest():
     ops = task_ops(desired, current)
     assert ops == [
         ("patch_task", {"data": {"text": "y"}, "meta": {}}),
-        ("update_annotation", 2, {"result": choice("a"), "was_cancelled": False, "ground_truth": False}),
+        ("update_annotation", 2, {"result": choice("a")}),  # only what differs: no flag it does not change
         ("create_annotation", {"result": [], "was_cancelled": True, "ground_truth": False}),
         ("delete_prediction", 5),
     ]
@@ -142,3 +143,89 @@ def test_plan_task_changes_keeps_a_task_restored_earlier_under_a_new_id():
     create, update, delete = plan_task_changes(stored(wanted), stored(current))
     assert (create, update, delete) == ([], [], [2])
     assert plan_task_changes(stored(wanted), stored(wanted)) == ([], [], [])
+
+
+# --- ground truth: Label Studio keeps one per task when annotations are written one at a time ---
+
+def ann(aid: int, label: str, gt: bool, **extra: Any) -> dict[str, Any]:
+    """A server annotation."""
+    return {"id": aid, "result": choice(label), "was_cancelled": False, "ground_truth": gt, "completed_by": 1,
+            **extra}
+
+
+def body(label: str, gt: bool, **extra: Any) -> dict[str, Any]:
+    """A desired annotation (an annotation_body)."""
+    return {"result": choice(label), "was_cancelled": False, "ground_truth": gt, **extra}
+
+
+def test_an_edit_next_to_an_imported_ground_truth_sends_no_flag():
+    # Issue 10 #2: both annotations were imported without the key, so the server set both flags;
+    # the source edited one. A PATCH naming ground_truth=true would clear the other one's flag.
+    ops, held = annotation_ops([body("pos", True), body("neutral", True)], [ann(1, "pos", True), ann(2, "neg", True)])
+    assert ops == [("update_annotation", 2, {"result": choice("neutral")})]
+    assert not sets_ground_truth(ops)
+    assert sorted(map(repr, held)) == sorted(map(repr, [body("pos", True), body("neutral", True)]))
+
+
+def test_a_flag_is_set_or_cleared_on_its_own_annotation_and_only_when_it_changes():
+    ops, _ = annotation_ops([body("pos", True), body("neg", False)], [ann(1, "pos", True), ann(2, "neg", True)])
+    assert ops == [("update_annotation", 2, {"ground_truth": False})]  # clearing touches no other annotation
+    ops, held = annotation_ops([body("pos", False), body("neg", True)], [ann(1, "pos", True), ann(2, "neg", False)])
+    # one ground truth wanted: setting it clears the other, which is what is wanted anyway
+    assert ops == [("update_annotation", 1, {"ground_truth": False}), ("update_annotation", 2, {"ground_truth": True})]
+    assert sets_ground_truth(ops)
+    assert [a["ground_truth"] for a in held] == [False, True]
+
+
+def test_a_flag_that_cannot_be_set_without_clearing_another_is_left_and_reported_in_what_is_held():
+    desired = [body("pos", True), body("neg", True)]
+    # a lost annotation is created without the flag: with it, the server would clear pos's
+    ops, held = annotation_ops(desired, [ann(1, "pos", True)])
+    assert ops == [("create_annotation", body("neg", False))] and not sets_ground_truth(ops)
+    assert held == [body("pos", True), body("neg", False)]
+    # and an annotation that lacks it keeps lacking it: nothing to send, the server's state stands
+    ops, held = annotation_ops(desired, [ann(1, "pos", True), ann(2, "neg", False)])
+    assert ops == [] and held == [body("pos", True), body("neg", False)]
+    task = {"data": {"text": "x"}, "meta": {}, "annotations": desired, "predictions": []}
+    ops, after = plan_task_ops(task, {**task, "annotations": [ann(1, "pos", True), ann(2, "neg", False)]})
+    assert ops == [] and content_hash(after) != content_hash(task)  # the id map records the server's flags
+    # one wanted ground truth can be created: the server clears the others, which want none
+    ops, _ = annotation_ops([body("pos", False), body("neg", True)], [ann(1, "pos", False)])
+    assert ops == [("create_annotation", body("neg", True))]
+
+
+def test_pairs_prefer_the_same_result_so_a_flag_change_is_not_a_relabel():
+    ops, _ = annotation_ops([body("neg", False), body("pos", False)], [ann(1, "pos", True), ann(2, "neg", False)])
+    assert ops == [("update_annotation", 1, {"ground_truth": False})]
+
+
+def test_with_authors_a_restore_matches_and_sets_completed_by():
+    desired = [body("pos", False, completed_by=2), body("neg", False, completed_by=3)]
+    current = [ann(1, "pos", False, completed_by=3), ann(2, "neu", False, completed_by={"id": 2})]
+    ops, _ = annotation_ops(desired, current, authors=True)
+    assert ops == [("update_annotation", 1, {"completed_by": 2}),
+                   ("update_annotation", 2, {"result": choice("neg"), "completed_by": 3})]
+    # a push leaves authors as they are: content alone decides
+    ops, _ = annotation_ops(desired, current)
+    assert ops == [("update_annotation", 2, {"result": choice("neg")})]
+    # an annotation whose author the server does not know (no completed_by) matches any author
+    ops, _ = annotation_ops([body("pos", False)], current[:1], authors=True)
+    assert ops == []
+    # the one that names its author gets the annotation by that author, the other the rest
+    ops, _ = annotation_ops([body("pos", False), body("pos", False, completed_by=3)],
+                            [ann(1, "pos", False, completed_by=3), ann(2, "pos", False, completed_by=4)], authors=True)
+    assert ops == []
+
+
+def test_authors_differ_counts_only_users_the_server_has():
+    want = {"annotations": [{"result": choice("a"), "completed_by": 2}, {"result": choice("a"), "completed_by": 9}]}
+    have = {"annotations": [{"result": choice("a"), "completed_by": 2}, {"result": choice("a"), "completed_by": 1}]}
+    assert not authors_differ(want, have, users={1, 2})  # user 9 is gone: any author will do
+    assert authors_differ(want, {"annotations": [{"result": choice("a"), "completed_by": {"id": 1}}] * 2}, {1, 2})
+    assert plan_task_changes(stored([task(1, "x", "a")]),
+                             stored([task(1, "x", "a", updated="2026-11-02T00:00:00Z")]), users={1}) == ([], [], [])
+    moved = task(1, "x", "a", updated="2026-11-02T00:00:00Z")
+    moved["annotations"][0]["completed_by"] = 2
+    _, update, _ = plan_task_changes(stored([task(1, "x", "a")]), stored([moved]), users={1, 2})
+    assert [h["id"] for _, h in update] == [1]
+    assert plan_task_changes(stored([task(1, "x", "a")]), stored([moved])) == ([], [], [])  # content only

@@ -20,6 +20,8 @@ def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
     return type_ != "table" or name in Base.metadata.tables
 
 
-context.configure(connection=connection, target_metadata=Base.metadata, include_name=include_name)
+# render_as_batch: drafts made by autogenerate alter tables the way SQLite can (a copy of the table).
+context.configure(connection=connection, target_metadata=Base.metadata, include_name=include_name,
+                  render_as_batch=True)
 with context.begin_transaction():
     context.run_migrations()
