@@ -37,7 +37,8 @@ def parse_at(values: Iterable[str]) -> dict[int, str]:
 @version_options
 @click.option("--at", "at", multiple=True, metavar="TABLE=REF",
               help="One table at a tag, version or @time, e.g. project_3=run-000002 (repeatable).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the result to a .csv, .json, .jsonl or .parquet file.")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Write the result to a .csv, .json, .jsonl or .parquet file.")
 @click.option("--max-rows", default=40, show_default=True, help="Rows shown on the terminal.")
 @click.option("--show-query", is_flag=True, help="Print the query before its result.")
 @click.pass_obj

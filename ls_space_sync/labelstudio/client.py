@@ -282,7 +282,8 @@ class LabelStudioClient:
                 f"{self._retries + 1} attempts: {_body_text(exc.body)}",
                 status,
             )
-        return LabelStudioError(f"Label Studio refused the request for {what} (HTTP {status}): {_body_text(exc.body)}", status)
+        return LabelStudioError(
+            f"Label Studio refused the request for {what} (HTTP {status}): {_body_text(exc.body)}", status)
 
     def _send(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None, json_body: Any = None,
               content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -26,12 +26,13 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ls_space_sync.errors import Terminal
 from ls_space_sync.model.records import STAMP_COLUMNS, row_to_task
 
 ORIGIN_KEY = "ls_space_sync"
 
 
-class PushError(Exception):
+class PushError(Terminal):
     """A push that cannot proceed; the message names the fix."""
 
 

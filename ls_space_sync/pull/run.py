@@ -37,16 +37,15 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
-from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS, LabelStudioClient, LabelStudioError, ProjectInfo
 from ls_space_sync.errors import Retriable
+from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS, LabelStudioError, ProjectInfo
 from ls_space_sync.logs import run_context
-from ls_space_sync.store.compaction import merge_small_fragments
+from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
 from ls_space_sync.model.records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
-from ls_space_sync.settings import Settings
-from ls_space_sync.workspace import Workspace
-from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, StateDB, SyncRun
+from ls_space_sync.store.compaction import merge_small_fragments
 from ls_space_sync.store.dataset import ProjectStore, Staging, project_lock
+from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, SyncRun
+from ls_space_sync.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -44,21 +44,32 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
-import click
 import pyarrow as pa
 from sqlalchemy import delete, or_, select
 
-from ls_space_sync.model.changes import stamp_of
 from ls_space_sync.labelstudio.client import LabelStudioClient, LabelStudioError, ServerUnavailable
 from ls_space_sync.logs import run_context
+from ls_space_sync.model.changes import stamp_of
 from ls_space_sync.model.records import row_to_task
-from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, PushLink, PushRun, StateDB, SyncRun, utcnow
-from ls_space_sync.store.dataset import ProjectStore, project_lock
 from ls_space_sync.model.taskdiff import (  # noqa: F401 - re-exported: the push's errors and origin key are part of its API
-    ORIGIN_KEY, LabelConfigMismatch, Op, PushError, annotation_author, batch_result_names, batch_stamps,
-    check_label_config, content_hash, import_payload, plan_task_ops, require_results, result_names,
-    sets_ground_truth, task_ops,
+    ORIGIN_KEY,
+    LabelConfigMismatch,
+    Op,
+    PushError,
+    annotation_author,
+    batch_result_names,
+    batch_stamps,
+    check_label_config,
+    content_hash,
+    import_payload,
+    plan_task_ops,
+    require_results,
+    result_names,
+    sets_ground_truth,
+    task_ops,
 )
+from ls_space_sync.store.dataset import ProjectStore, project_lock
+from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, PushLink, PushRun, StateDB, SyncRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -637,54 +648,3 @@ def _micros(value: Any) -> int | None:
         return stamp_of({"created_at": value, "updated_at": value})[0]
     except ValueError:
         return None
-
-
-@click.command("push")
-@click.option("--project", "-p", type=int, required=True, help="Source project: the dataset to read.")
-@click.option("--tag", help="A tag, e.g. run-000003 (default: the latest version).")
-@click.option("--version", "version", type=int, help="A version number.")
-@click.option("--as-of", "as_of", metavar="TIME", help="The version current at this UTC time (ISO 8601).")
-@click.option("--ids", metavar="1,2,3", help="Only these source task ids.")
-@click.option("--where", metavar="SQL", help='Only rows matching a SQL predicate, e.g. "is_labeled = true".')
-@click.option("--to-project", "to_project", type=int, help="Push into this existing project.")
-@click.option("--new-project", is_flag=True, help="Create a project with the version's label config.")
-@click.option("--title", help="Title of the project --new-project creates.")
-@click.option("--delete", is_flag=True, help="Delete target tasks whose source rows were deleted.")
-@click.option("--full", is_flag=True, help="Compare every pushed task with the server, not only changed rows.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-@click.pass_obj
-def push_command(ctx: Any, project: int, tag: str | None, version: int | None, as_of: str | None, ids: str | None,
-                 where: str | None, to_project: int | None, new_project: bool, title: str | None, delete: bool,
-                 full: bool, progress: bool | None) -> None:
-    """Push a stored version's rows into a Label Studio project as tasks.
-
-    Sends only rows that changed since the last push to the same project; changed tasks are
-    updated in place (task ids kept). Annotations keep their author when that user exists on
-    the server, else the server records you as the author.
-    """
-    import sys
-
-    from ls_space_sync.cli.options import pick_version
-    from ls_space_sync.logs import setup_logging
-
-    setup_logging(ctx.settings.log_format, ctx.verbose)
-    if (to_project is None) == (not new_project):
-        raise click.UsageError("give exactly one of --to-project ID and --new-project")
-    if title and not new_project:
-        raise click.UsageError("--title names the project --new-project creates")
-    try:
-        id_list = [int(i) for i in ids.split(",") if i.strip()] if ids else None
-    except ValueError:
-        raise click.UsageError(f"--ids takes task ids separated by commas, like 1,2,3 (got {ids!r})") from None
-    which = pick_version(tag, version, as_of)
-    show = sys.stderr.isatty() if progress is None else progress
-    try:
-        result = push(ctx.syncer, project, target_project=to_project, version=which.get("version"),
-                      as_of=which.get("as_of"), ids=id_list, where=where, delete=delete, full=full, title=title,
-                      progress=show)
-    except PushError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(result.summary())
-    if result.updated:
-        click.echo("  changed tasks were updated in place: data/meta patched, annotations and predictions "
-                   "matched by content, then updated, deleted or created; task ids kept")

@@ -23,10 +23,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import click
-from sqlalchemy import Integer
-from sqlalchemy.orm import Mapped, mapped_column
-
 from ls_space_sync.push.engine import push
 from ls_space_sync.settings import MirrorSettings
 from ls_space_sync.store.state import MirrorTarget
@@ -124,39 +120,3 @@ def _remember(syncer: Any, source: int, target: int) -> None:
     with syncer.state.Session.begin() as s:
         s.merge(MirrorTarget(source_project=source, target_project=target))
     log.info("mirror of project %s: created project %s as its target", source, target)
-
-
-@click.command("mirror")
-@click.option("--source", "-s", "sources", type=int, multiple=True, help="Only the pairs with this source project.")
-@click.pass_obj
-def mirror_command(ctx: Any, sources: tuple[int, ...]) -> None:
-    """Run one pass over the configured mirror pairs (``mirrors:`` in the config).
-
-    Each pass pulls the source, pushes what changed to the target and, with both_ways, pushes the
-    target's own edits back. `ls-space-sync run` does the same on a schedule.
-    """
-    import sys
-
-    from ls_space_sync.labelstudio.client import LabelStudioError
-    from ls_space_sync.logs import setup_logging
-    from ls_space_sync.push.engine import PushError
-    from ls_space_sync.store.dataset import ProjectLocked, StoreError
-
-    setup_logging(ctx.settings.log_format, ctx.verbose)
-    pairs = [p for p in ctx.settings.mirrors if not sources or p.source in sources]
-    if not pairs:
-        raise click.UsageError("no mirror pairs configured; add to the config file, e.g.\n"
-                               "  mirrors:\n    - {source: 1, target: 2, both_ways: true}")
-    failed = 0
-    for pair in pairs:
-        try:
-            res = mirror_once(ctx.syncer, pair)
-        except (LabelStudioError, StoreError, ProjectLocked, PushError) as exc:
-            failed += 1
-            click.echo(f"mirror {pair.source} -> {pair.target}: FAILED: {exc}")
-            continue
-        head, *details = summary_lines(res, pair)
-        click.echo(head)
-        for line in details:
-            click.echo(f"  {line}")
-    sys.exit(1 if failed else 0)

@@ -29,11 +29,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
-
-from ls_space_sync.push.engine import apply_ops
 from ls_space_sync.model.records import STAMP_COLUMNS
-from ls_space_sync.model.taskdiff import check_label_config, import_payload, plan_task_changes, require_results, result_names, task_ops
+from ls_space_sync.model.taskdiff import (
+    check_label_config,
+    import_payload,
+    plan_task_changes,
+    require_results,
+    result_names,
+    task_ops,
+)
+from ls_space_sync.push.engine import apply_ops
 
 log = logging.getLogger(__name__)
 
@@ -155,40 +160,3 @@ def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> 
     out["pulled"] = syncer.run_once(plan.project_id, trigger="restore").summary()
     log.info("restored project %s to version %s: %s", plan.project_id, plan.version, json.dumps(out))
     return out
-
-
-@click.command("restore")
-@click.option("--project", "-p", type=int, required=True, help="The project to restore.")
-@click.option("--tag", help="The tag to restore, e.g. run-000003.")
-@click.option("--version", "version", type=int, help="A version number instead of a tag.")
-@click.option("--as-of", "as_of", metavar="TIME", help="The version current at this UTC time (ISO 8601).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-@click.pass_obj
-def restore_command(ctx: Any, project: int, tag: str | None, version: int | None, as_of: str | None, yes: bool,
-                    progress: bool | None) -> None:
-    """Make a project's tasks equal to a stored version: create, update in place, delete.
-
-    Shows what will change and asks first (unless --yes). The project is pulled before (what the
-    restore overwrites stays in the dataset) and after.
-    """
-    import sys
-
-    from ls_space_sync.cli.options import pick_version
-    from ls_space_sync.logs import setup_logging
-
-    setup_logging(ctx.settings.log_format, ctx.verbose)
-    if tag is None and version is None and as_of is None:
-        raise click.UsageError("say which version to restore: --tag, --version or --as-of")
-    which = pick_version(tag, version, as_of)
-    plan = plan_restore(ctx.syncer, project, which.get("version"), as_of=which.get("as_of"))
-    click.echo(f"pulled first: {plan.pulled}")
-    click.echo(plan.describe())
-    if not plan:
-        return
-    if not yes:
-        click.confirm("apply these changes to the project in Label Studio?", abort=True)
-    show = sys.stderr.isatty() if progress is None else progress
-    done = apply_restore(ctx.syncer, plan, progress=show)
-    click.echo(f"restored project {project} to v{plan.version}: +{done['created']} ~{done['updated']} "
-               f"-{done['deleted']} ({done['requests']} requests); pulled after: {done['pulled']}")

@@ -36,9 +36,9 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print,
     Raises:
         RuntimeError: Label Studio could not be installed or started (the message names its log).
     """
+    from ls_space_sync.pull.run import Syncer
     from ls_space_sync.quickstart.demo import create_sample_project
     from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv
-    from ls_space_sync.pull.run import Syncer
 
     data_dir = Path(settings.data_dir).resolve()
     note("No Label Studio URL configured (label_studio.url / LABEL_STUDIO_URL): running the quickstart "

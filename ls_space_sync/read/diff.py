@@ -269,7 +269,9 @@ def task_updates(old: lance.LanceDataset, new: lance.LanceDataset, ids: Sequence
 def diff_versions(
     store: ProjectStore, old: str | int | None, new: str | int | None = None, *, details: bool = True
 ) -> VersionDiff:
-    """Diff two versions of a project's dataset (refs as in :func:`ls_space_sync.model.refs.parse_ref`; ``new`` default latest).
+    """Diff two versions of a project's dataset (``new`` default latest).
+
+    Refs as in :func:`ls_space_sync.model.refs.parse_ref`.
 
     Args:
         store: the project's store.

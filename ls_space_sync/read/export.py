@@ -26,6 +26,7 @@ import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ls_space_sync.errors import Terminal
 from ls_space_sync.model.records import region_rows, row_to_task
 
 BATCH_ROWS = 1024
@@ -55,7 +56,7 @@ REGION_SCHEMA = pa.schema(
 )
 
 
-class MissingExtra(ImportError):
+class MissingExtra(Terminal, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 

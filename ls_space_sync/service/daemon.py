@@ -53,17 +53,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from ls_space_sync.service.health import MirrorStatus, ProjectStatus, health_report
 from ls_space_sync.labelstudio.client import LabelStudioError
 from ls_space_sync.logs import register_secret
-from ls_space_sync.service.metrics import Metrics
-from ls_space_sync.push.mirror import mirror_key, mirror_once, mirror_target, summary_lines
-from ls_space_sync.push.engine import PushError
-from ls_space_sync.service.jobs import first_run_time, make_job_store, project_trigger
-from ls_space_sync.settings import MirrorSettings, Settings
-from ls_space_sync.store.state import FAILED, utcnow
-from ls_space_sync.store.dataset import ProjectLocked, StoreError
 from ls_space_sync.pull.run import RunResult, Syncer
+from ls_space_sync.push.engine import PushError
+from ls_space_sync.push.mirror import mirror_key, mirror_once, mirror_target, summary_lines
+from ls_space_sync.service.health import MirrorStatus, ProjectStatus, health_report
+from ls_space_sync.service.jobs import first_run_time, make_job_store, project_trigger
+from ls_space_sync.service.metrics import Metrics
+from ls_space_sync.settings import MirrorSettings, Settings
+from ls_space_sync.store.dataset import ProjectLocked, StoreError
+from ls_space_sync.store.state import FAILED, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ls_space_sync.errors import Terminal
 from ls_space_sync.service.daemon import Daemon
 from ls_space_sync.settings import Settings
 
@@ -63,7 +64,7 @@ def model_version() -> str:
         return "ls-space-sync"
 
 
-class ServiceError(Exception):
+class ServiceError(Terminal):
     """The HTTP server could not start (port taken, address not available)."""
 
 

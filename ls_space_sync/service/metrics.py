@@ -29,8 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ls_space_sync.store.state import utcnow
 from ls_space_sync.pull.run import RunResult
+from ls_space_sync.store.state import utcnow
 
 # Label Studio's webhook actions (label-studio-facts.md) and the ML backend's; anything else is
 # counted as "other" so a sender cannot grow the label set.
