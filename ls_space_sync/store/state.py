@@ -65,7 +65,7 @@ class StateSchemaError(Terminal):
     exit_code = 2
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored as UTC and returned aware, on SQLite (no zones) and PostgreSQL alike."""
 
     impl = DateTime(timezone=True)

@@ -26,8 +26,18 @@ from ls_space_sync.settings import load_settings
 from ls_space_sync.store import state as state_module
 from ls_space_sync.store.dataset import ProjectStore
 from ls_space_sync.store.state import (
-    FAILED, SCHEMA_REVISION, SUCCEEDED, Base, MirrorTarget, PushLink, PushRun, StateDB, StateSchemaError,
-    alembic_config, schema_revision, upgrade_schema,
+    FAILED,
+    SCHEMA_REVISION,
+    SUCCEEDED,
+    Base,
+    MirrorTarget,
+    PushLink,
+    PushRun,
+    StateDB,
+    StateSchemaError,
+    alembic_config,
+    schema_revision,
+    upgrade_schema,
 )
 from tests.fakes import KEY, URL, FakeLabelStudio
 from tests.pg import PostgresServer

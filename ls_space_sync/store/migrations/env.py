@@ -15,7 +15,7 @@ if connection is None:
                        "alembic_config(connection); offline (--sql) mode is not supported")
 
 
-def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
     """Compare only this package's tables: APScheduler's job store may share the database."""
     return type_ != "table" or name in Base.metadata.tables
 
