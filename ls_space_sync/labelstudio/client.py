@@ -17,6 +17,7 @@ tasks belongs) is an error of the server, retried like a 5xx and then raised as
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import json
 import logging
@@ -24,17 +25,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import httpx
 import pydantic
-from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from ls_space_sync.errors import LsSpaceSyncError, Retriable
 from ls_space_sync.logs import register_secret
 from ls_space_sync.settings import Settings
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -191,11 +194,27 @@ class LabelStudioClient:
         self.requests = 0
         self._retries = retries
         self._max_wait = max_wait
-        http = httpx_client or httpx.Client(timeout=timeout, follow_redirects=True)
-        http.event_hooks.setdefault("request", []).append(self._count)
-        # max_retries=0: one retry policy, ours, for SDK and raw calls alike.
-        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout, max_retries=0, httpx_client=http)
-        self._http = self.sdk._client_wrapper.httpx_client
+        self._api_key = api_key
+        self._timeout = timeout
+        self._http = httpx_client or httpx.Client(timeout=timeout, follow_redirects=True)
+        self._http.event_hooks.setdefault("request", []).append(self._count)
+        self._sdk: LabelStudio | None = None
+        # A legacy token is one header on a plain httpx request, so the reads of a sync never load
+        # the SDK (1.5-2 s of imports: it pulls pandas). A personal access token (a JWT refresh
+        # token) goes through the SDK's own client, which exchanges it for access tokens
+        # (POST /api/token/refresh/) and renews them when they expire.
+        self._legacy_token = not _looks_like_jwt(api_key)
+
+    @property
+    def sdk(self) -> LabelStudio:
+        """The official SDK client on the same connections (built on first use, for its typed calls)."""
+        if self._sdk is None:
+            from label_studio_sdk import LabelStudio
+
+            # max_retries=0: one retry policy, ours, for SDK and raw calls alike.
+            self._sdk = LabelStudio(base_url=self.url, api_key=self._api_key, timeout=self._timeout, max_retries=0,
+                                    httpx_client=self._http)
+        return self._sdk
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LabelStudioClient:
@@ -215,7 +234,7 @@ class LabelStudioClient:
 
     def close(self) -> None:
         """Close the HTTP connections."""
-        self.sdk._client_wrapper.httpx_client.httpx_client.close()
+        self._http.close()
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -288,8 +307,14 @@ class LabelStudioClient:
     def _send(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None, json_body: Any = None,
               content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
         """One request through the SDK's HTTP client (its auth, base URL); an HTTP error raises ApiError."""
-        resp = self._http.request(path, method=method, params=params, json=json_body, content=content,
-                                  headers=headers, request_options={"max_retries": 0})
+        if self._legacy_token:
+            resp = self._http.request(method, f"{self.url}/{path.lstrip('/')}", params=params, json=json_body,
+                                      content=content,
+                                      headers={"Authorization": f"Token {self._api_key}", **(headers or {})})
+        else:
+            resp = self.sdk._client_wrapper.httpx_client.request(
+                path, method=method, params=params, json=json_body, content=content, headers=headers,
+                request_options={"max_retries": 0})
         if resp.status_code >= 400:
             try:
                 body: Any = resp.json()
@@ -631,6 +656,20 @@ def _import_problem(body: Any) -> str | None:
     if not isinstance(body, dict) or not isinstance(body.get("task_ids"), list):
         return f"expected an object with a 'task_ids' list, got {_kind(body)}"
     return None
+
+
+def _looks_like_jwt(key: str) -> bool:
+    """Whether an API key is a JWT (a personal access token) rather than a legacy token: three
+    base64url parts whose first is a JSON header with ``alg`` (how label-studio-sdk 2.x tells them
+    apart, without verifying the signature)."""
+    parts = key.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(header, dict) and "alg" in header
 
 
 def _not_sent(exc: BaseException) -> bool:
