@@ -141,7 +141,10 @@ def run(
     except duckdb.Error as exc:
         con.close()
         known = ", ".join(table_name(p) for p in stored_projects(root)) or "none (run `ls-space-sync sync` first)"
-        raise QueryError(f"{exc}\n(tables: {known})") from None
+        # One line: DuckDB's first line says what and where ("syntax error at or near ..."); the
+        # rest is its caret drawing.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise QueryError(f"{first} (tables: {known})") from None
 
 
 def to_arrow(relation: Any) -> pa.Table:
@@ -173,7 +176,9 @@ def write_result(con: duckdb.DuckDBPyConnection, relation: Any, path: Path) -> i
     relation.create_view("ls_space_sync_result")
     target = str(path).replace("'", "''")
     con.execute(f"COPY ls_space_sync_result TO '{target}' ({formats[suffix]})")
-    return int(con.execute("SELECT count(*) FROM ls_space_sync_result").fetchone()[0])
+    row = con.execute("SELECT count(*) FROM ls_space_sync_result").fetchone()
+    assert row is not None  # count(*) always returns one row
+    return int(row[0])
 
 
 def sql(root: Path, query: str, **refs: Any) -> pa.Table:
