@@ -252,7 +252,7 @@ class LabelStudioClient:
             reraise=True,
             before_sleep=lambda rs: log.warning(
                 "Label Studio request for %s failed (%s); retry %d of %d",
-                what, type(rs.outcome.exception()).__name__, rs.attempt_number, self._retries,
+                what, type(rs.outcome.exception()).__name__ if rs.outcome else "?", rs.attempt_number, self._retries,
             ),
         )
         try:
@@ -549,7 +549,7 @@ class LabelStudioClient:
         """Create a project with ``label_config``; return its id."""
         project = self._once(f"creating project {title!r}", self.sdk.projects.create, title=title,
                              label_config=label_config)
-        return int(project.id)
+        return int(project.id)  # type: ignore[arg-type]  # the SDK's model types id Optional; a created one has it
 
     def templates(self) -> dict[str, str]:
         """The server's annotation templates as ``{title: label_config}`` (``GET /api/templates/``:
