@@ -55,10 +55,11 @@ class _ContextFilter(logging.Filter):
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = ""
-        if getattr(record, "project", None) is not None:
-            prefix += f"[project {record.project}] "
-        if getattr(record, "run_id", None):
-            prefix += f"[{record.run_id}] "
+        project, run_id = getattr(record, "project", None), getattr(record, "run_id", None)
+        if project is not None:
+            prefix += f"[project {project}] "
+        if run_id:
+            prefix += f"[{run_id}] "
         return mask(f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:7} {prefix}{record.getMessage()}"
                     + (("\n" + self.formatException(record.exc_info)) if record.exc_info else ""))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -42,9 +42,9 @@ class LabelStudioSettings(_Section):
 
     url: str | None = None
     api_key: SecretStr | None = None
-    timeout_seconds: float = Field(60.0, gt=0)
-    retries: int = Field(5, ge=0)
-    retry_max_wait_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=5, ge=0)
+    retry_max_wait_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -59,32 +59,32 @@ class LabelStudioSettings(_Section):
 class SyncSettings(_Section):
     """Pull-sync tuning (``sync:`` in YAML). Times in seconds."""
 
-    page_size: int = Field(500, ge=1, le=10000)
-    scan_page_size: int = Field(5000, ge=1, le=100000)
-    lag_seconds: float = Field(10.0, ge=0)
-    full_scan_every: int = Field(20, ge=0)  # 0: only when the task count disagrees
+    page_size: int = Field(default=500, ge=1, le=10000)
+    scan_page_size: int = Field(default=5000, ge=1, le=100000)
+    lag_seconds: float = Field(default=10.0, ge=0)
+    full_scan_every: int = Field(default=20, ge=0)  # 0: only when the task count disagrees
     # core: the task's own keys plus annotations and predictions (labelstudio.CORE_TASK_FIELDS);
     # all: also the Data Manager's derived columns (annotators, drafts, ...), ~1.6x slower to list.
     task_fields: Literal["core", "all"] = "core"
-    interval_seconds: float = Field(300.0, gt=0)
+    interval_seconds: float = Field(default=300.0, gt=0)
 
 
 class ServerSettings(_Section):
     """HTTP endpoints of the daemon (``server:`` in YAML)."""
 
     host: str = "127.0.0.1"
-    port: int = Field(9090, ge=0, le=65535)
+    port: int = Field(default=9090, ge=0, le=65535)
     webhook_secret: SecretStr | None = None
     webhook_header: str = "X-LS-Space-Sync-Secret"
-    debounce_seconds: float = Field(2.0, ge=0)
-    max_body_bytes: int = Field(5_000_000, gt=0)
+    debounce_seconds: float = Field(default=2.0, ge=0)
+    max_body_bytes: int = Field(default=5_000_000, gt=0)
     public_url: str | None = None
 
 
 class ScheduleSettings(_Section):
     """A project's schedule (``schedules: {<project id>: ...}``): an interval or a cron expression."""
 
-    interval_seconds: float | None = Field(None, gt=0)
+    interval_seconds: float | None = Field(default=None, gt=0)
     cron: str | None = None  # standard 5-field crontab, UTC
 
 
@@ -92,22 +92,22 @@ class SchedulerSettings(_Section):
     """The daemon's scheduler (``scheduler:`` in YAML). Times in seconds."""
 
     job_store: str = "memory"  # memory | sql (the state database) | redis://host:port/db
-    jitter_seconds: float = Field(10.0, ge=0)
-    misfire_grace_seconds: float = Field(60.0, gt=0)
-    shutdown_timeout_seconds: float = Field(120.0, gt=0)
-    max_backoff_seconds: float = Field(900.0, gt=0)
+    jitter_seconds: float = Field(default=10.0, ge=0)
+    misfire_grace_seconds: float = Field(default=60.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=120.0, gt=0)
+    max_backoff_seconds: float = Field(default=900.0, gt=0)
 
 
 class CompactionSettings(_Section):
     """Store maintenance (``compaction:`` in YAML). Times in seconds; ``None`` turns a policy off."""
 
-    interval_seconds: float | None = Field(86400.0, gt=0)  # run in the daemon on this interval (None: never)
-    retention_seconds: float = Field(7 * 86400.0, ge=0)  # untagged versions older than this are removed
-    keep_tags_days: float | None = Field(None, gt=0)  # prune run tags older than this
-    keep_tags_count: int | None = Field(None, gt=0)  # keep only the newest N run tags
+    interval_seconds: float | None = Field(default=86400.0, gt=0)  # run in the daemon on this interval (None: never)
+    retention_seconds: float = Field(default=7 * 86400.0, ge=0)  # untagged versions older than this are removed
+    keep_tags_days: float | None = Field(default=None, gt=0)  # prune run tags older than this
+    keep_tags_count: int | None = Field(default=None, gt=0)  # keep only the newest N run tags
     # A sync run first merges the small fragments (one per earlier run) when there are more than
     # this many, so its commit stays flat between compactions (None: only compaction merges).
-    max_small_fragments: int | None = Field(20, gt=0)
+    max_small_fragments: int | None = Field(default=20, gt=0)
 
 
 class MirrorSettings(_Section):
@@ -123,7 +123,7 @@ class MirrorSettings(_Section):
 class PushSettings(_Section):
     """Push tuning (``push:`` in YAML)."""
 
-    chunk_size: int = Field(500, ge=1, le=10000)
+    chunk_size: int = Field(default=500, ge=1, le=10000)
 
 
 class Settings(_Section):
@@ -267,10 +267,17 @@ def load_settings(
         raise ConfigError(_explain(exc, source)) from None
 
 
-def server_venv_override(env: dict[str, str] | None = None) -> str | None:
-    """Where tests and benchmarks keep the Label Studio server's virtualenv (``LS_SPACE_SYNC_TEST_LS_VENV``)."""
-    env = os.environ if env is None else env
-    return env.get("LS_SPACE_SYNC_TEST_LS_VENV")
+def server_venv_override(env: Mapping[str, str] | None = None) -> str | None:
+    """Where tests and benchmarks keep the Label Studio server's virtualenv (``LS_SPACE_SYNC_TEST_LS_VENV``).
+
+    Args:
+        env: the variables to read; this process's environment when ``None``.
+
+    Returns:
+        The virtualenv's path as given, or ``None`` when the variable is unset.
+    """
+    source: Mapping[str, str] = os.environ if env is None else env
+    return source.get("LS_SPACE_SYNC_TEST_LS_VENV")
 
 
 def environment() -> dict[str, str]:

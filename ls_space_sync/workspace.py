@@ -8,10 +8,14 @@ and nothing above: the pull, push and read stages take a :class:`Workspace` (the
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from ls_space_sync.labelstudio.client import LabelStudioClient
 from ls_space_sync.settings import Settings
 from ls_space_sync.store.dataset import ProjectStore
 from ls_space_sync.store.state import StateDB
+
+_W = TypeVar("_W", bound="Workspace")
 
 
 class Workspace:
@@ -38,7 +42,8 @@ class Workspace:
         self.client.close()
         self.state.dispose()
 
-    def __enter__(self) -> Workspace:
+    def __enter__(self: _W) -> _W:
+        # The subclass's own type, so ``with Syncer(settings) as s`` knows ``s.run_once``.
         return self
 
     def __exit__(self, *exc: object) -> None:

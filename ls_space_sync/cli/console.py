@@ -69,7 +69,9 @@ class _Failure(click.ClickException):
 
     def __init__(self, exc: LsSpaceSyncError):
         super().__init__(str(exc))
-        self.exit_code = exc.exit_code
+        # click annotates exit_code as a ClassVar but reads it from the instance (core.py: e.exit_code),
+        # so a per-error exit code set here is the one the process exits with.
+        self.exit_code = exc.exit_code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)

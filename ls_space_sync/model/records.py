@@ -282,7 +282,8 @@ def task_to_row(task: dict[str, Any], keys: Sequence[str], run_id: str | None) -
     body = {k: v for k, v in task.items() if k not in ("annotations", "predictions")}
     row = _encode_obj(body, TASK_FIELDS)
     row["data_json"] = row.pop("data")
-    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    raw_data = task.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
     if keys:
         row["data"] = {key: _data_value(data.get(key)) for key in keys}
     for key, fields in (("annotations", _ANNOTATION_FIELDS), ("predictions", _PREDICTION_FIELDS)):

@@ -122,7 +122,7 @@ def import_payload(task: dict[str, Any], origin: dict[str, Any] | None, users: s
     return out
 
 
-Op = tuple  # ("patch_task", body) | ("create_annotation", body) | ("update_annotation", id, body) | ...
+Op = tuple[Any, ...]  # ("patch_task", body) | ("create_annotation", body) | ("update_annotation", id, body) | ...
 
 
 def _match(desired: list[dict[str, Any]], current: list[dict[str, Any]], key: Any, kind: str) -> list[Op]:

@@ -211,7 +211,7 @@ def push(
     """Push a stored version of ``source_project`` into a Label Studio project.
 
     Args:
-        syncer: a :class:`ls_space_sync.sync.Syncer` (client, state database, store root, settings).
+        syncer: a :class:`ls_space_sync.pull.run.Syncer` (client, state database, store root, settings).
         source_project: the project whose dataset is read.
         target_project: the project to write; ``None`` creates one with the version's label config.
         version, as_of: which stored version (a number or tag; or the version current at a UTC
@@ -233,6 +233,7 @@ def push(
         StoreError: no dataset, or no such version/tag. PushError: bad filter or options.
         LabelConfigMismatch: the target's label config lacks controls the rows use.
         LabelStudioError: the server refused a request (its message is passed on).
+        ProjectLocked: another push to the target project is running.
     """
     if target_project == source_project:
         raise PushError(f"a push into its own project {source_project} would add every task again; "
@@ -244,7 +245,7 @@ def push(
         filters.append(f"id IN ({', '.join(str(int(i)) for i in ids)})")
     job = _Push(syncer, store, ds, " AND ".join(filters) or None, delete=delete, full=full, progress=progress)
     new_project = target_project is None
-    if new_project:
+    if target_project is None:
         config = store.label_config(ds.version)
         if not config:
             raise PushError(f"project {source_project} v{ds.version} has no stored label config; "
@@ -349,7 +350,7 @@ class _Push:
                 link = _Link.of(row, self.source)
                 self.links.setdefault(link.here_id, []).append(link)
 
-    def link_of(self, task_id: int, created: int) -> _Link | None:
+    def link_of(self, task_id: int, created: int | None) -> _Link | None:
         for link in self.links.get(task_id, []):
             if link.here_created in (None, created):
                 link.here_created = created
@@ -493,7 +494,9 @@ class _Push:
                     if task_id in new:
                         to_import.append((task, stamp))
                     else:
-                        to_update.append((task, stamp, self.link_of(task_id, stamp[0])))
+                        link = self.link_of(task_id, stamp[0])
+                        assert link is not None  # plan() linked every changed row
+                        to_update.append((task, stamp, link))
                     if len(to_import) >= self.chunk:
                         bar.update(self.import_chunk(to_import))
                         to_import = []
@@ -522,7 +525,7 @@ class _Push:
         except ServerUnavailable as exc:
             raise ServerUnavailable(f"{exc}; run the push again: it finds tasks imported before the failure by "
                                     "their origin meta and does not import them twice") from None
-        links = replacing or [None] * len(items)
+        links: Sequence[_Link | None] = replacing or [None] * len(items)
         out = []
         for (task, stamp), target_id, old, body in zip(items, ids, links, payload):
             link = old or _Link(None, True, task["id"], stamp[0], None, 0, None, None, None)
@@ -634,9 +637,9 @@ class _Push:
                     s.flush()
                     link.row_id = row.id
                 else:
-                    row = s.get(PushLink, link.row_id)
+                    stored = s.get(PushLink, link.row_id)
                     for key, value in cols.items():
-                        setattr(row, key, value)
+                        setattr(stored, key, value)
                 link.dirty = False
 
 

@@ -140,8 +140,9 @@ def _control(label_config: str, tag: str) -> tuple[str, str, list[str]]:
 def _object_value(label_config: str, name: str) -> str:
     """Return the data key (`$text` -> `text`) of the object tag called `name`."""
     for element in ET.fromstring(label_config).iter():
-        if element.get("name") == name and element.get("value", "").startswith("$"):
-            return element.get("value")[1:]
+        value = element.get("value", "")
+        if element.get("name") == name and value.startswith("$"):
+            return value[1:]
     raise ValueError(f"label config has no object tag named {name!r}")
 
 

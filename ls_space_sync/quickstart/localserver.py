@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -113,16 +114,16 @@ def ensure_venv(venv: Path, version: str = LABEL_STUDIO_VERSION, log: Callable[[
         with open(log_path, "a") as out:
             out.write(f"\n=== pip install label-studio=={version} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
             out.flush()
-            result = subprocess.run(
+            installed = subprocess.run(
                 [str(python), "-m", "pip", "install", "--disable-pip-version-check", f"label-studio=={version}"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 check=False,
             )
-        if result.returncode != 0 or not executable.exists():
+        if installed.returncode != 0 or not executable.exists():
             raise RuntimeError(
-                f"pip install label-studio=={version} into {venv} failed (exit {result.returncode}); "
+                f"pip install label-studio=={version} into {venv} failed (exit {installed.returncode}); "
                 f"see {log_path}"
             )
         log(f"Installed label-studio=={version}")
@@ -207,7 +208,7 @@ class LocalLabelStudio:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def log_path(self) -> Path:
@@ -251,7 +252,8 @@ class LocalLabelStudio:
     @property
     def pid(self) -> int | None:
         """Process id of the server started by `start()` (``None`` when not running)."""
-        return self._process.pid if self.is_running() else None
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     def is_running(self) -> bool:
         """Return True while the server process started by `start()` is alive."""

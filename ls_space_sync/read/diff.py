@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterator, Sequence
 
 import duckdb
@@ -32,7 +32,7 @@ import lance
 
 from ls_space_sync.model.records import STAMP_COLUMNS, format_ts
 from ls_space_sync.model.refs import Ref, parse_ref
-from ls_space_sync.store.dataset import ProjectStore
+from ls_space_sync.store.dataset import ProjectStore, version_time
 
 # Rows read per Lance filter in the details pass (``id IN (...)``).
 _DETAIL_CHUNK = 2000
@@ -163,12 +163,12 @@ def _item_ids(ch: ItemChanges) -> str:
     return "(" + " ".join(parts) + ")"
 
 
-def _version_ref(ds: lance.LanceDataset, ref: str | int | None) -> VersionRef:
+def _version_ref(ds: lance.LanceDataset, ref: Ref | str | int | None) -> VersionRef:
     tags = sorted(name for name, t in ds.tags.list().items() if t["version"] == ds.version)
     when = None
     for v in ds.versions():
         if v["version"] == ds.version:
-            when = v["timestamp"].astimezone(timezone.utc)  # pylance gives naive local time
+            when = version_time(v["timestamp"])
     return VersionRef(ref=str(ref if ref is not None else "latest"), version=ds.version, timestamp=when, tags=tags)
 
 
@@ -267,7 +267,7 @@ def task_updates(old: lance.LanceDataset, new: lance.LanceDataset, ids: Sequence
 
 
 def diff_versions(
-    store: ProjectStore, old: str | int | None, new: str | int | None = None, *, details: bool = True
+    store: ProjectStore, old: Ref | str | int | None, new: Ref | str | int | None = None, *, details: bool = True
 ) -> VersionDiff:
     """Diff two versions of a project's dataset (``new`` default latest).
 
@@ -275,8 +275,9 @@ def diff_versions(
 
     Args:
         store: the project's store.
-        old, new: refs of the versions to compare; ``old`` may be newer than ``new`` (the diff then
-            reads backwards: what was inserted is what the later version no longer has).
+        old, new: refs of the versions to compare (a :class:`Ref`, a tag, a version number, or
+            ``@<ISO time>``, UTC); ``old`` may be newer than ``new`` (the diff then reads backwards:
+            what was inserted is what the later version no longer has).
         details: also compare annotations and predictions of updated tasks.
 
     Raises:

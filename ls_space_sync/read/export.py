@@ -217,7 +217,7 @@ def _lance_tasks_class() -> type:
     """Build the ``IterableDataset`` class on first use, so importing this module needs no torch."""
     from torch.utils.data import IterableDataset, get_worker_info
 
-    class LanceTasks(IterableDataset):  # type: ignore[misc,type-arg]
+    class LanceTasks(IterableDataset):
         """Items of one Lance dataset version, sharded over DataLoader workers by fragment."""
 
         def __init__(self, uri: str, version: int, *, regions: bool, where: str | None, source: str,

@@ -156,8 +156,15 @@ class Staging:
         self.path.unlink(missing_ok=True)
 
 
-def _version_time(value: datetime) -> datetime:
-    # pylance gives version timestamps as naive local time (datetime.fromtimestamp).
+def version_time(value: int | datetime) -> datetime:
+    """Turn a ``timestamp`` of ``LanceDataset.versions()`` into an aware UTC datetime.
+
+    Args:
+        value: what pylance gives: a naive local time (``datetime.fromtimestamp``), or the raw
+            nanoseconds since the epoch (UTC) its ``Version`` type also allows.
+    """
+    if isinstance(value, int):
+        return datetime.fromtimestamp(value / 1e9, tz=timezone.utc)
     return value.astimezone(timezone.utc)
 
 
@@ -195,7 +202,7 @@ class ProjectStore:
         if as_of is not None:
             when = parse_time(as_of)
             ds = lance.dataset(self.uri)
-            candidates = [v["version"] for v in ds.versions() if _version_time(v["timestamp"]) <= when]
+            candidates = [v["version"] for v in ds.versions() if version_time(v["timestamp"]) <= when]
             if not candidates:
                 raise StoreError(f"project {self.project_id} had no version at {when.isoformat()}")
             version = max(candidates)
@@ -240,7 +247,7 @@ class ProjectStore:
             if pa.types.is_timestamp(col.type):
                 col = pc.cast(col.cast(pa.timestamp("us", tz="UTC")), pa.int64())
             cols.append(col.fill_null(0).to_numpy().tolist())
-        return {row[0]: tuple(row[1:]) for row in zip(*cols)}  # type: ignore[misc]
+        return {row[0]: tuple(row[1:]) for row in zip(*cols)}
 
     def commit(
         self, rows: pa.RecordBatchReader, deletes: Sequence[int], properties: dict[str, str]
@@ -331,12 +338,18 @@ class ProjectStore:
         return {name: t["version"] for name, t in self.dataset().tags.list().items()}
 
     def versions(self) -> list[dict[str, Any]]:
-        """Every version: ``{"version", "timestamp" (UTC), "rows", "tags", "run_id"}``, oldest first."""
+        """Every version, oldest first; ``[]`` before the first commit.
+
+        Returns:
+            ``[{"version": int, "timestamp": aware UTC datetime of the commit, "rows": int, "tags":
+            [names], "run_id": str | None, "counts": {"inserted", "updated", "deleted"} | None}]``
+            (``run_id`` and ``counts`` are the commit properties a sync run writes).
+        """
         if not self.exists():
             return []
         by_version: dict[int, list[str]] = {}
-        for name, v in self.tags().items():
-            by_version.setdefault(v, []).append(name)
+        for name, tagged in self.tags().items():
+            by_version.setdefault(tagged, []).append(name)
         out = []
         for v in self.dataset().versions():
             props = {}
@@ -347,7 +360,7 @@ class ProjectStore:
             out.append(
                 {
                     "version": v["version"],
-                    "timestamp": _version_time(v["timestamp"]),
+                    "timestamp": version_time(v["timestamp"]),
                     "rows": int(v["metadata"].get("total_rows", 0)),
                     "tags": sorted(by_version.get(v["version"], [])),
                     "run_id": props.get("run_id"),
