@@ -172,10 +172,10 @@ def main() -> None:
     print(f"before compaction: {mb(before)}, {files} files, {fragments} fragments in the latest version")
     for label, options in (("keeping all tags", {}), ("keeping the newest 10 run tags", {"keep_tags_count": 10})):
         report = compact_project(settings, 1, retention_seconds=0, **options)
-        print(f"compaction {label}: {mb(report['bytes_before'])} ({report['files_before']} files) -> "
-              f"{mb(report['bytes_after'])} ({report['files_after']} files); fragments "
-              f"{report['fragments_before']} -> {report['fragments_after']}; {len(report['tags_pruned'])} tags pruned, "
-              f"{report['versions_removed']} versions removed, {report['seconds']:.1f} s")
+        print(f"compaction {label}: {mb(report.bytes_before)} ({report.files_before} files) -> "
+              f"{mb(report.bytes_after)} ({report.files_after} files); fragments "
+              f"{report.fragments_before} -> {report.fragments_after}; {len(report.tags_pruned)} tags pruned, "
+              f"{report.versions_removed} versions removed, {report.seconds:.1f} s")
     secs, _ = timed(diff_versions, store, f"run-{args.runs - 1:06d}", last)
     print(f"diff {mid} -> {last} after compaction: {secs:.2f} s")
 
@@ -187,10 +187,10 @@ def main() -> None:
                                   {"run_id": f"run-{run}"})
         store.tag(f"run-{run:06d}", version)
     report = compact_project(settings, 1, retention_seconds=0, keep_tags_count=10)
-    print(f"10 runs later, compaction keeping the newest 10 run tags: {mb(report['bytes_before'])} "
-          f"({report['files_before']} files) -> {mb(report['bytes_after'])} ({report['files_after']} files); "
-          f"fragments {report['fragments_before']} -> {report['fragments_after']}; "
-          f"{len(report['tags_pruned'])} tags pruned, {report['versions_removed']} versions removed")
+    print(f"10 runs later, compaction keeping the newest 10 run tags: {mb(report.bytes_before)} "
+          f"({report.files_before} files) -> {mb(report.bytes_after)} ({report.files_after} files); "
+          f"fragments {report.fragments_before} -> {report.fragments_after}; "
+          f"{len(report.tags_pruned)} tags pruned, {report.versions_removed} versions removed")
     if args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -157,7 +157,7 @@ def run(env: BenchEnv) -> list[Row]:
         "commit_seconds": commit_s, "tag_seconds": tag_s, "tagged_bytes": tagged_bytes, "tagged_files": tagged_files,
         "tagged_by_folder": tagged_parts, "compacted_by_folder": compacted_parts,
         "table_bytes": table_bytes, "compacted_bytes": compacted_bytes, "compacted_files": compacted_files,
-        "compaction": report, "compaction_seconds": tcomp["s"], "tags_checked": checked,
+        "compaction": report.as_dict(), "compaction_seconds": tcomp["s"], "tags_checked": checked,
         "max_small_fragments": over, "merge_target_rows": target_rows, "merge_seconds": merges,
     }
     variant = f", merges past {over} fragments under {target_rows:,} rows" if over else ", no merges"

@@ -89,8 +89,8 @@ def restore_command(ctx: Any, project: int, tag: str | None, version: int | None
         click.confirm("apply these changes to the project in Label Studio?", abort=True)
     show = sys.stderr.isatty() if progress is None else progress
     done = apply_restore(ctx.syncer, plan, progress=show)
-    click.echo(f"restored project {project} to v{plan.version}: +{done['created']} ~{done['updated']} "
-               f"-{done['deleted']} ({done['requests']} requests); pulled after: {done['pulled']}")
+    click.echo(f"restored project {project} to v{plan.version}: +{done.created} ~{done.updated} "
+               f"-{done.deleted} ({done.requests} requests); pulled after: {done.pulled}")
 
 
 @click.command("mirror")

@@ -40,7 +40,7 @@ def compact_command(obj: Any, project: tuple[int, ...], retention: float | None,
             click.echo(f"project {pid}: FAILED: {exc}", err=True)
             continue
         if as_json:
-            echo_json(report)
+            echo_json(report.as_dict())
         else:
             click.echo(summary(report))
     if failed:

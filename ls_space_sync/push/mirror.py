@@ -21,13 +21,39 @@ and then stay quiet: a pass without edits commits no version and sends no write 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from ls_space_sync.push.engine import push
+from ls_space_sync.push.engine import PushResult, push
 from ls_space_sync.settings import MirrorSettings
 from ls_space_sync.store.state import MirrorTarget
 
+if TYPE_CHECKING:  # annotations only: a pass runs its pulls through the syncer it is given
+    from ls_space_sync.pull.run import RunResult
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class MirrorResult:
+    """What one pass of a mirror pair did (:func:`mirror_once`). Counts are tasks."""
+
+    source: int  # the source project id
+    target: int | None  # the target project id; None while no pass has created it (empty source)
+    pulls: list[str] = field(default_factory=list)  # RunResult.summary() of each pull, in order
+    runs: list[RunResult] = field(default_factory=list)  # the pulls' results, in order
+    pushes: list[PushResult] = field(default_factory=list)  # the pushes' results: source -> target, then back
+    versions: int = 0  # versions the pulls committed (a pull that changed nothing commits none)
+    moved: int = 0  # tasks the pushes created, updated or deleted
+
+    @property
+    def quiet(self) -> bool:
+        """Whether the pass committed no version and moved no task."""
+        return self.versions == 0 and self.moved == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The pass as plain JSON-able values: the fields (runs and pushes as dicts), then ``quiet``."""
+        return asdict(self) | {"quiet": self.quiet}
 
 
 def mirror_key(pair: MirrorSettings) -> str:
@@ -45,60 +71,56 @@ def mirror_target(syncer: Any, pair: MirrorSettings) -> int | None:
         return row.target_project if row else None
 
 
-def mirror_once(syncer: Any, pair: MirrorSettings) -> dict[str, Any]:
+def mirror_once(syncer: Any, pair: MirrorSettings) -> MirrorResult:
     """Run one pass of a mirror pair (see the module docstring).
 
     Args:
-        syncer: the :class:`ls_space_sync.sync.Syncer` whose client, state and store to use.
+        syncer: the :class:`ls_space_sync.pull.run.Syncer` whose client, state and store to use.
         pair: ``source``, ``target`` (``None``: create a project on the first push), ``both_ways``,
             ``delete``, ``filter`` (a SQL predicate for the source rows pushed to the target).
 
     Returns:
-        ``{"source", "target", "pulls": [RunResult.summary()], "runs": [RunResult] of the pulls,
-        "pushes": [PushResult.as_dict()], "versions": versions committed by the pulls, "moved":
-        tasks created + updated + deleted by the pushes, "quiet": no version and nothing moved}``.
+        The pulls and pushes of the pass, in order, with the versions committed and tasks moved.
 
     Raises:
         ProjectLocked: a pull of one of the projects is running elsewhere (try again later).
         LabelStudioError, StoreError, PushError: as ``run_once`` and ``push``.
     """
-    out: dict[str, Any] = {"source": pair.source, "target": mirror_target(syncer, pair), "pulls": [],
-                           "runs": [], "pushes": [], "versions": 0, "moved": 0}
+    out = MirrorResult(pair.source, mirror_target(syncer, pair))
 
     def pull(project_id: int) -> None:
         result = syncer.run_once(project_id, trigger="mirror")
-        out["pulls"].append(result.summary())
-        out["runs"].append(result)
+        out.pulls.append(result.summary())
+        out.runs.append(result)
         if result.status == "succeeded":  # skipped: nothing changed, no version
-            out["versions"] += 1
+            out.versions += 1
 
     def push_to(source: int, target: int | None, **kwargs: Any) -> int:
         if not syncer.store(source).exists():
             return 0  # an empty project: nothing to push, nothing to delete
         result = push(syncer, source, target_project=target, delete=pair.delete, trigger="mirror", **kwargs)
-        out["pushes"].append(result.as_dict())
-        out["moved"] += result.moved
+        out.pushes.append(result)
+        out.moved += result.moved
         if target is None:
             _remember(syncer, pair.source, result.target_project)
-            out["target"] = result.target_project
+            out.target = result.target_project
         return result.moved
 
     pull(pair.source)
-    target = out["target"]
+    target = out.target
     if pair.both_ways and target is not None:
         pull(target)
     moved = push_to(pair.source, target, where=pair.filter,
                     title=f"Mirror of project {pair.source}" if target is None else None)
-    target = out["target"]
+    target = out.target
     if pair.both_ways and target is not None:
         if moved:
             pull(target)
         push_to(target, pair.source)
-    out["quiet"] = out["versions"] == 0 and out["moved"] == 0
     return out
 
 
-def summary_lines(result: dict[str, Any], pair: MirrorSettings) -> list[str]:
+def summary_lines(result: MirrorResult, pair: MirrorSettings) -> list[str]:
     """A pass of :func:`mirror_once` for people: a headline, then one line per pull and per push.
 
     ``mirror 18 -> 19 (both ways): quiet``, or ``...: 1 new versions, 2 tasks moved``; then
@@ -106,13 +128,13 @@ def summary_lines(result: dict[str, Any], pair: MirrorSettings) -> list[str]:
     ``push 19 -> 18: +1 ~1 -0 (2 echoes, 0 conflicts)`` (``, 1 reused ids`` when a linked task's id
     now holds another task, which the push left alone).
     """
-    state = "quiet" if result["quiet"] else f"{result['versions']} new versions, {result['moved']} tasks moved"
-    lines = [f"mirror {result['source']} -> {result['target']}{' (both ways)' if pair.both_ways else ''}: {state}"]
-    lines += [f"pull {line}" for line in result["pulls"]]
-    for p in result["pushes"]:
-        reused = f", {p['reused']} reused ids" if p.get("reused") else ""
-        lines.append(f"push {p['source_project']} -> {p['target_project']}: +{p['created']} ~{p['updated']} "
-                     f"-{p['deleted']} ({p['echoes']} echoes, {p['conflicts']} conflicts{reused})")
+    state = "quiet" if result.quiet else f"{result.versions} new versions, {result.moved} tasks moved"
+    lines = [f"mirror {result.source} -> {result.target}{' (both ways)' if pair.both_ways else ''}: {state}"]
+    lines += [f"pull {line}" for line in result.pulls]
+    for p in result.pushes:
+        reused = f", {p.reused} reused ids" if p.reused else ""
+        lines.append(f"push {p.source_project} -> {p.target_project}: +{p.created} ~{p.updated} "
+                     f"-{p.deleted} ({p.echoes} echoes, {p.conflicts} conflicts{reused})")
     return lines
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ls_space_sync.model.records import STAMP_COLUMNS
@@ -76,6 +76,21 @@ class RestorePlan:
         return "\n".join(lines)
 
 
+@dataclass
+class RestoreResult:
+    """What :func:`apply_restore` did to the project in Label Studio. Counts are tasks."""
+
+    created: int = 0  # tasks of the version imported again (they got new ids)
+    updated: int = 0  # tasks changed in place (ids kept)
+    deleted: int = 0  # tasks the version did not have
+    requests: int = 0  # HTTP requests the restore sent to Label Studio (the pulls' own not counted)
+    pulled: str = ""  # RunResult.summary() of the pull that recorded the restored state
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-able values: ``{"created", "updated", "deleted", "requests", "pulled"}``."""
+        return asdict(self)
+
+
 def _tasks(ds: Any) -> dict[tuple[int, int], tuple[Any, Any]]:
     """``{(id, created_at): (stamp columns, full row)}`` of every row of a dataset version."""
     out = {}
@@ -118,11 +133,16 @@ def plan_restore(syncer: Any, project_id: int, version: int | str | None = None,
     return plan
 
 
-def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> dict[str, Any]:
+def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> RestoreResult:
     """Carry out a plan from :func:`plan_restore`; then pull the project again.
 
+    Args:
+        syncer: the :class:`ls_space_sync.pull.run.Syncer` whose client, settings and store to use.
+        plan: what to change; an empty plan writes nothing, and the project is still pulled.
+        progress: show a progress bar (on stderr) over the tasks written.
+
     Returns:
-        ``{"created", "updated", "deleted", "requests", "pulled": the final pull's summary}``.
+        The counts of tasks created, updated and deleted, the requests sent, and the final pull's summary.
 
     Raises:
         LabelConfigMismatch: the project's label config lacks controls the version's results use.
@@ -132,7 +152,7 @@ def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> 
 
     client = syncer.client
     before = client.requests
-    out: dict[str, Any] = {"created": 0, "updated": 0, "deleted": 0}
+    out = RestoreResult()
     if plan:
         names = set().union(*(result_names(t) for t in plan.create + [w for w, _ in plan.update]))
         if names:
@@ -144,19 +164,19 @@ def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> 
             for start in range(0, len(plan.create), chunk):
                 part = plan.create[start:start + chunk]
                 client.import_tasks(plan.project_id, [import_payload(t, None, users) for t in part])
-                out["created"] += len(part)
+                out.created += len(part)
                 bar.update(len(part))
             for want, have in plan.update:
                 ops = task_ops(import_payload(want, None, users), have, authors=True)
                 apply_ops(client, have["id"], ops)
-                out["updated"] += 1
+                out.updated += 1
                 bar.update(1)
             for start in range(0, len(plan.delete), chunk):
-                part = plan.delete[start:start + chunk]
-                client.delete_tasks(plan.project_id, part)
-                out["deleted"] += len(part)
-                bar.update(len(part))
-    out["requests"] = client.requests - before
-    out["pulled"] = syncer.run_once(plan.project_id, trigger="restore").summary()
-    log.info("restored project %s to version %s: %s", plan.project_id, plan.version, json.dumps(out))
+                removed = plan.delete[start:start + chunk]
+                client.delete_tasks(plan.project_id, removed)
+                out.deleted += len(removed)
+                bar.update(len(removed))
+    out.requests = client.requests - before
+    out.pulled = syncer.run_once(plan.project_id, trigger="restore").summary()
+    log.info("restored project %s to version %s: %s", plan.project_id, plan.version, json.dumps(out.as_dict()))
     return out

@@ -53,7 +53,7 @@ from ls_space_sync.read import export as _export
 from ls_space_sync.read import query as _query
 from ls_space_sync.read.diff import VersionDiff, diff_versions, open_ref
 from ls_space_sync.settings import Settings, load_settings
-from ls_space_sync.store.compaction import compact_project
+from ls_space_sync.store.compaction import CompactionReport, compact_project
 from ls_space_sync.store.dataset import ProjectStore, check_filter
 
 RefLike = Ref | str | int | None
@@ -202,13 +202,12 @@ def export_version(
     """
     ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
     check_filter(ds, where)
-    options = {"regions": regions, "where": where, "source": source}
     if format == "parquet":
-        return _export.write_parquet(ds, Path(path), **options)
+        return _export.write_parquet(ds, Path(path), regions=regions, where=where, source=source)
     if format == "jsonl":
-        return _export.write_jsonl(ds, Path(path), **options)
+        return _export.write_jsonl(ds, Path(path), regions=regions, where=where, source=source)
     if format == "hf":
-        return _export.save_hf(ds, Path(path), **options)
+        return _export.save_hf(ds, Path(path), regions=regions, where=where, source=source)
     raise ValueError(f"unknown export format {format!r}; use parquet, jsonl or hf")
 
 
@@ -268,9 +267,22 @@ def compact(
     keep_tags_days: float | None = None,
     dry_run: bool = False,
     data_dir: str | Path | None = None,
-) -> list[dict[str, Any]]:
-    """Compact one project's dataset, or every stored one; return one report per project
-    (see :func:`ls_space_sync.maintenance.compact_project`)."""
+) -> list[CompactionReport]:
+    """Compact one project's dataset, or every stored one; return one report per project.
+
+    Args:
+        project: the project id; ``None`` for every project with a stored dataset.
+        retention_seconds, keep_tags_count, keep_tags_days, dry_run: as
+            :func:`ls_space_sync.store.compaction.compact_project` (defaults from ``compaction:``).
+
+    Returns:
+        One :class:`ls_space_sync.store.compaction.CompactionReport` per project, ascending by id
+        when ``project`` is ``None``.
+
+    Raises:
+        ProjectLocked: a sync or another compaction holds a project's lock.
+        StoreError: a tag cannot be read, or cleanup would remove a file a tag reads (refused).
+    """
     resolved = _settings(settings, data_dir)
     ids = [int(project)] if project is not None else _query.stored_projects(resolved.resolved_store_root)
     return [

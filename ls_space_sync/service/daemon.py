@@ -57,7 +57,7 @@ from ls_space_sync.labelstudio.client import LabelStudioError
 from ls_space_sync.logs import register_secret
 from ls_space_sync.pull.run import RunResult, Syncer
 from ls_space_sync.push.engine import PushError
-from ls_space_sync.push.mirror import mirror_key, mirror_once, mirror_target, summary_lines
+from ls_space_sync.push.mirror import MirrorResult, mirror_key, mirror_once, mirror_target, summary_lines
 from ls_space_sync.service.health import MirrorStatus, ProjectStatus, health_report
 from ls_space_sync.service.jobs import first_run_time, make_job_store, project_trigger
 from ls_space_sync.service.metrics import Metrics
@@ -389,11 +389,11 @@ class Daemon:
             return natural
         return delay
 
-    def mirror_job(self, source: int, target: int | None, trigger: str) -> dict[str, Any] | None:
+    def mirror_job(self, source: int, target: int | None, trigger: str) -> MirrorResult | None:
         """Run one pass of the configured mirror pair ``source`` -> ``target``, and never raise.
 
         Returns:
-            ``mirror_once``'s result, or ``None`` if the pass did not run (daemon stopping, pair no
+            :func:`mirror_once`'s result, or ``None`` if the pass did not run (daemon stopping, pair no
             longer configured, a project locked) or failed.
         """
         pair = next((p for p in self.settings.mirrors if (p.source, p.target) == (source, target)), None)
@@ -403,10 +403,11 @@ class Daemon:
         with self._slot(f"mirror-{trigger}-{mirror_key(pair)}", source) as go:
             return self._mirror_pass(pair, trigger) if go else None
 
-    def _mirror_pass(self, pair: MirrorSettings, trigger: str) -> dict[str, Any] | None:
+    def _mirror_pass(self, pair: MirrorSettings, trigger: str) -> MirrorResult | None:
         key = mirror_key(pair)
         status = self.mirror_status.setdefault(key, MirrorStatus())
         extra = {"project": pair.source}
+        error: str | None = None
         try:
             result = mirror_once(self.syncer, pair)
         except ProjectLocked as exc:
@@ -421,8 +422,6 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a bug in one pass must not stop the daemon
             log.exception("mirror %s: unexpected error in a %s pass", key, trigger, extra=extra)
             error = f"{type(exc).__name__}: {exc}"
-        else:
-            error = None
         if error is not None:
             status.failures, status.last_error = status.failures + 1, error
             self.metrics.observe_mirror_pass(pair.source, pair.target, trigger, "failed")
@@ -432,16 +431,16 @@ class Daemon:
             log.error("mirror %s: %s pass failed (%d in a row): %s; next try in %.0f s", key, trigger,
                       status.failures, error, delay, extra=extra)
             return None
-        for run in result["runs"]:
+        for run in result.runs:
             self._succeeded(run, "mirror")
         status.failures, status.last_error, status.last_pass_at = 0, None, utcnow()
-        status.last_pass = {k: v for k, v in result.items() if k != "runs"}
-        self.metrics.observe_mirror_pass(pair.source, pair.target, trigger, "quiet" if result["quiet"] else "changed",
-                                         result["pushes"])
-        if pair.both_ways and result["target"] is not None and result["target"] not in self.mirrored:
+        status.last_pass = result
+        self.metrics.observe_mirror_pass(pair.source, pair.target, trigger, "quiet" if result.quiet else "changed",
+                                         result.pushes)
+        if pair.both_ways and result.target is not None and result.target not in self.mirrored:
             self.set_projects(self._listed, reschedule=False)  # the first pass created the target: pull it too
         head, *details = summary_lines(result, pair)
-        log.info("%s%s", head, "" if result["quiet"] else f" ({'; '.join(details)})", extra=extra)
+        log.info("%s%s", head, "" if result.quiet else f" ({'; '.join(details)})", extra=extra)
         return result
 
     def _pulled_by(self, pair: MirrorSettings) -> list[int]:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ls_space_sync.pull.run import RunResult
-from ls_space_sync.push.mirror import mirror_key
+from ls_space_sync.push.mirror import MirrorResult, mirror_key
 from ls_space_sync.settings import MirrorSettings, Settings
 from ls_space_sync.store.state import StateDB, utcnow
 
@@ -28,7 +28,7 @@ class MirrorStatus:
 
     failures: int = 0  # consecutive failed passes
     last_error: str | None = None
-    last_pass: dict[str, Any] | None = None  # mirror_once's result, without the RunResult objects
+    last_pass: MirrorResult | None = None  # the last successful pass's result
     last_pass_at: datetime | None = None
 
 
@@ -89,10 +89,10 @@ def health_report(daemon: DaemonView) -> dict[str, Any]:
         job = daemon.scheduler.get_job(f"mirror-{key}")
         last = status.last_pass
         mirrors[key] = {
-            "source": pair.source, "target": last["target"] if last else pair.target, "both_ways": pair.both_ways,
+            "source": pair.source, "target": last.target if last else pair.target, "both_ways": pair.both_ways,
             "last_pass": None if last is None else {
-                "at": status.last_pass_at.isoformat() if status.last_pass_at else None, "quiet": last["quiet"],
-                "versions": last["versions"], "moved": last["moved"]},
+                "at": status.last_pass_at.isoformat() if status.last_pass_at else None, "quiet": last.quiet,
+                "versions": last.versions, "moved": last.moved},
             "consecutive_failures": status.failures, "last_error": status.last_error,
             "next_run_at": job.next_run_time.isoformat() if job and job.next_run_time else None,
         }

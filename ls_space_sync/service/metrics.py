@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ls_space_sync.pull.run import RunResult
+from ls_space_sync.push.engine import PushResult
 from ls_space_sync.store.state import utcnow
 
 # Label Studio's webhook actions (label-studio-facts.md) and the ML backend's; anything else is
@@ -103,16 +104,16 @@ class Metrics:
         self.runs.labels(str(project_id), trigger, "locked").inc()
 
     def observe_mirror_pass(self, source: int, target: int | None, trigger: str, outcome: str,
-                            pushes: Sequence[dict[str, Any]] = ()) -> None:
+                            pushes: Sequence[PushResult] = ()) -> None:
         """Count a mirror pass (``outcome``: quiet, changed, failed, locked) and its pushes' tasks.
 
         Args:
-            pushes: ``PushResult.as_dict()`` of the pass's pushes (``mirror_once(...)["pushes"]``).
+            pushes: the pass's pushes (``MirrorResult.pushes``).
         """
         self.mirror_passes.labels(str(source), "new" if target is None else str(target), trigger, outcome).inc()
         for p in pushes:
-            for change in ("created", "updated", "deleted"):
-                self.mirror_tasks.labels(str(p["source_project"]), str(p["target_project"]), change).inc(p[change])
+            for change, count in (("created", p.created), ("updated", p.updated), ("deleted", p.deleted)):
+                self.mirror_tasks.labels(str(p.source_project), str(p.target_project), change).inc(count)
 
     def set_failures(self, project_id: int, failures: int) -> None:
         """Set the project's count of consecutive failed runs."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import lance
 
 from ls_space_sync.settings import Settings
-from ls_space_sync.store.dataset import ProjectStore, StoreError, project_lock
+from ls_space_sync.store.dataset import ProjectStore, StoreError, project_lock, version_time
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,36 @@ MATERIALIZE_DELETIONS_THRESHOLD = 0.5
 # so a merged fragment stops being rewritten after a few merges. Each rewrite is a copy that the
 # tags of the runs in between keep on disk.
 RUN_MERGE_TARGET_ROWS = 5_000
+
+
+@dataclass
+class CompactionReport:
+    """What :func:`compact_project` did to one project's dataset, or in a dry run would do.
+
+    Disk use is of every file under the dataset's folder. A field is ``None`` where the run did not
+    measure it: all but ``project``, ``status`` and ``seconds`` without a dataset; the ``*_after``
+    fields in a dry run; ``bytes_removed`` outside one.
+    """
+
+    project: int  # the Label Studio project id
+    status: str  # "compacted", "dry-run" or "no dataset"
+    bytes_before: int | None = None  # disk use before, in bytes
+    files_before: int | None = None  # files under the folder before
+    fragments_before: int | None = None  # fragments of the latest version before
+    version_before: int | None = None  # the latest version number before
+    tags_pruned: list[str] | None = None  # run tags deleted (a dry run: that would be), oldest first
+    bytes_after: int | None = None  # disk use after, in bytes
+    files_after: int | None = None
+    fragments_after: int | None = None  # fragments of the latest version after (merged)
+    version_after: int | None = None  # the latest version after: the merge's own commit
+    versions_removed: int | None = None  # versions cleanup removed (a dry run: would remove, tags before pruning)
+    bytes_removed: int | None = None  # dry run only: bytes that cleanup would free, tags before pruning
+    seconds: float = 0.0  # wall time of the compaction, in seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-able values, leaving out the fields the run did not measure
+        (``compact --json`` prints this)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def disk_usage(path: str | Path) -> tuple[int, int]:
@@ -90,8 +121,7 @@ def tags_to_prune(
 
 
 def _version_times(ds: lance.LanceDataset) -> dict[int, datetime]:
-    # pylance gives naive local times (datetime.fromtimestamp): make them aware UTC.
-    return {v["version"]: v["timestamp"].astimezone(timezone.utc) for v in ds.versions()}
+    return {v["version"]: version_time(v["timestamp"]) for v in ds.versions()}
 
 
 def _files_of(ds: lance.LanceDataset) -> set[str]:
@@ -198,20 +228,21 @@ def compact_project(
     keep_tags_count: int | None = None,
     keep_tags_days: float | None = None,
     dry_run: bool = False,
-) -> dict[str, Any]:
+) -> CompactionReport:
     """Compact one project's dataset; see the module docstring for the steps.
 
     Args:
         settings: the settings; ``settings.compaction`` gives the defaults of the three policies.
         project_id: the Label Studio project id.
-        retention_seconds: untagged versions older than this are removed (default from settings).
-        keep_tags_count, keep_tags_days: run-tag pruning policy (defaults from settings).
+        retention_seconds: untagged versions older than this many seconds are removed (default
+            from settings).
+        keep_tags_count, keep_tags_days: run-tag pruning policy: the newest N, or younger than D
+            days (defaults from settings).
         dry_run: only report what would be done; nothing is written or deleted.
 
     Returns:
-        ``{"project", "status" ("compacted", "dry-run", "no dataset"), "bytes_before", "bytes_after",
-        "files_before", "files_after", "fragments_before", "fragments_after", "version_before",
-        "version_after", "tags_pruned" (names), "versions_removed", "seconds"}``; a dry run reports
+        Disk use (bytes, files), fragments and version before and after, the tags pruned and
+        versions removed; status ``"no dataset"`` when the project has none yet. A dry run reports
         ``versions_removed``/``bytes_removed`` of a cleanup with the current tags, before pruning.
 
     Raises:
@@ -227,26 +258,26 @@ def compact_project(
     started = time.perf_counter()
     with project_lock(root, project_id):
         if not store.exists():
-            return {"project": project_id, "status": "no dataset", "seconds": 0.0}
+            return CompactionReport(project_id, "no dataset", seconds=0.0)
         bytes_before, files_before = disk_usage(store.uri)
         ds = store.dataset()
-        report: dict[str, Any] = {
-            "project": project_id,
-            "status": "dry-run" if dry_run else "compacted",
-            "bytes_before": bytes_before,
-            "files_before": files_before,
-            "fragments_before": len(ds.get_fragments()),
-            "version_before": ds.version,
-        }
+        report = CompactionReport(
+            project_id,
+            "dry-run" if dry_run else "compacted",
+            bytes_before=bytes_before,
+            files_before=files_before,
+            fragments_before=len(ds.get_fragments()),
+            version_before=ds.version,
+        )
         fingerprints = _tag_fingerprints(store)
         prune = tags_to_prune(store.tags(), _version_times(ds), keep_count=keep_count, keep_days=keep_days,
                               now=datetime.now(timezone.utc))
-        report["tags_pruned"] = prune
+        report.tags_pruned = prune
         older_than = timedelta(seconds=retention)
         if dry_run:
             plan = _check_cleanup_keeps_tags(store, older_than)
-            report.update(versions_removed=plan["versions"], bytes_removed=plan["bytes"],
-                          seconds=time.perf_counter() - started)
+            report.versions_removed, report.bytes_removed = plan["versions"], plan["bytes"]
+            report.seconds = time.perf_counter() - started
             return report
         for name in prune:
             ds.tags.delete(name)
@@ -262,38 +293,36 @@ def compact_project(
                 raise StoreError(f"tag {name} changed during compaction: v{version} {rows} rows -> "
                                  f"v{after.version} {after.count_rows()} rows")
         ds = store.dataset()
-        bytes_after, files_after = disk_usage(store.uri)
-        report.update(
-            bytes_after=bytes_after,
-            files_after=files_after,
-            fragments_after=len(ds.get_fragments()),
-            version_after=ds.version,
-            versions_removed=stats.old_versions,
-            seconds=time.perf_counter() - started,
-        )
+        report.bytes_after, report.files_after = disk_usage(store.uri)
+        report.fragments_after = len(ds.get_fragments())
+        report.version_after = ds.version
+        report.versions_removed = stats.old_versions
+        report.seconds = time.perf_counter() - started
         return report
 
 
-def summary(report: dict[str, Any]) -> str:
+def summary(report: CompactionReport) -> str:
     """One line for people, e.g. ``project 3: 52 -> 1 fragments, 40 tags pruned, 41 versions removed;
     disk 12.3 MB (310 files) -> 4.5 MB (20 files)``."""
-    pid = report["project"]
-    if report["status"] == "no dataset":
+    pid = report.project
+    if report.status == "no dataset":
         return f"project {pid}: no dataset yet"
-    pruned = report.get("tags_pruned") or []
+    pruned = report.tags_pruned or []
     span = f" ({pruned[0]}..{pruned[-1]})" if pruned else ""
-    if report["status"] == "dry-run":
-        return (f"project {pid} (dry run): {report['fragments_before']} fragments; would prune {len(pruned)} tags{span}; "
-                f"cleanup would remove {report['versions_removed']} versions ({_mb(report['bytes_removed'])}) "
-                f"before pruning; disk {_mb(report['bytes_before'])} ({report['files_before']} files)")
-    return (f"project {pid}: {report['fragments_before']} -> {report['fragments_after']} fragments, "
-            f"{len(pruned)} tags pruned{span}, {report['versions_removed']} versions removed; "
-            f"disk {_mb(report['bytes_before'])} ({report['files_before']} files) -> {_mb(report['bytes_after'])} "
-            f"({report['files_after']} files) in {report['seconds']:.1f} s")
+    if report.status == "dry-run":
+        return (f"project {pid} (dry run): {report.fragments_before} fragments; would prune {len(pruned)} tags{span}; "
+                f"cleanup would remove {report.versions_removed} versions ({_mb(report.bytes_removed)}) "
+                f"before pruning; disk {_mb(report.bytes_before)} ({report.files_before} files)")
+    return (f"project {pid}: {report.fragments_before} -> {report.fragments_after} fragments, "
+            f"{len(pruned)} tags pruned{span}, {report.versions_removed} versions removed; "
+            f"disk {_mb(report.bytes_before)} ({report.files_before} files) -> {_mb(report.bytes_after)} "
+            f"({report.files_after} files) in {report.seconds:.1f} s")
 
 
-def _mb(n: int) -> str:
-    """A byte count for people: ``812 KB``, ``19.9 MB``, ``1.2 GB``."""
+def _mb(n: int | None) -> str:
+    """A byte count for people: ``812 KB``, ``19.9 MB``, ``1.2 GB`` (``?`` when not measured)."""
+    if n is None:
+        return "?"
     for unit, size in (("GB", 1e9), ("MB", 1e6)):
         if n >= size:
             return f"{n / size:.1f} {unit}"

@@ -187,12 +187,12 @@ def test_compaction_keeps_every_tag_and_sync_goes_on(label_studio, ls_client, pr
     assert len(snapshot) == 5
 
     report = compact_project(settings, pid, retention_seconds=0, keep_tags_count=3)
-    assert report["tags_pruned"] == ["run-000001", "run-000002"]
-    assert report["fragments_before"] == 5 and report["fragments_after"] == 1
+    assert report.tags_pruned == ["run-000001", "run-000002"]
+    assert report.fragments_before == 5 and report.fragments_after == 1
     assert sorted(store.tags()) == ["run-000003", "run-000004", "run-000005"]
     for name in store.tags():
         assert store.dataset(name).to_table().sort_by("id").equals(snapshot[name]), name
-    assert report["files_after"] < report["files_before"]
+    assert report.files_after < report.files_before
 
     # The sync goes on from the compacted dataset, and the store still equals the server.
     ls_client.annotations.create(id=ids[5], result=[choice("pos")])

@@ -58,8 +58,8 @@ def test_a_pair_mirrored_both_ways_converges_after_edits_on_both_sides_then_stay
                         if i % 2 else []} for i in range(6)])
     pair = MirrorSettings(source=a, target=b, both_ways=True, delete=True)
     first = mirror_once(syncer, pair)
-    assert first["moved"] == 6 and contents(syncer, a) == contents(syncer, b)
-    assert mirror_once(syncer, pair)["quiet"]
+    assert first.moved == 6 and contents(syncer, a) == contents(syncer, b)
+    assert mirror_once(syncer, pair).quiet
 
     ta = {t["data"]["text"]: t for page in c.iter_task_pages(a) for t in page}
     tb = {t["data"]["text"]: t for page in c.iter_task_pages(b) for t in page}
@@ -69,7 +69,7 @@ def test_a_pair_mirrored_both_ways_converges_after_edits_on_both_sides_then_stay
     c.import_tasks(b, [{"data": {"text": "born in b"}}])
     c.delete_tasks(a, [ta["a4"]["id"]])
     passes = [mirror_once(syncer, pair) for _ in range(4)]
-    assert not passes[0]["quiet"] and passes[-1]["quiet"] and passes[-2]["quiet"]
+    assert not passes[0].quiet and passes[-1].quiet and passes[-2].quiet
     assert contents(syncer, a) == contents(syncer, b)
     texts = sorted(t["data"]["text"] for page in c.iter_task_pages(a) for t in page)
     assert texts == ["a0", "a1", "a2", "a3 fixed in b", "a5", "born in b"]
@@ -79,7 +79,7 @@ def test_a_pair_mirrored_both_ways_converges_after_edits_on_both_sides_then_stay
     before = c.requests
     for _ in range(2):
         res = mirror_once(syncer, pair)
-        assert res["quiet"] and res["versions"] == 0 and res["moved"] == 0
+        assert res.quiet and res.versions == 0 and res.moved == 0
     assert (syncer.store(a).version(), syncer.store(b).version()) == versions
     assert c.requests - before == 2 * 4  # two cheap polls per project per pass, nothing else
 

@@ -188,7 +188,7 @@ def test_restore_after_deleting_annotations_equals_the_tagged_version(label_stud
     plan = plan_restore(syncer, source, "run-000001")
     assert (len(plan.create), len(plan.update), len(plan.delete)) == (1, 4, 0)
     done = apply_restore(syncer, plan)
-    assert (done["created"], done["updated"], done["deleted"]) == (1, 4, 0)
+    assert (done.created, done.updated, done.deleted) == (1, 4, 0)
     tagged = sorted((view(t) for t in table_to_tasks(syncer.store(source).dataset("run-000001").to_table())),
                     key=repr)
     assert sorted((view(t) for t in server_tasks(label_studio, source).values()), key=repr) == tagged

@@ -146,7 +146,7 @@ def test_a_mirror_both_ways_does_not_copy_a_flag_nobody_edited_back_into_the_sou
     assert flags(label_studio, src) == flags(label_studio, dst) == {"one": [("neutral", True), ("pos", True)]}
     [after] = server_tasks(label_studio, src).values()
     assert after["annotations"] == before["annotations"]  # nothing written to the source's annotations
-    assert [p["moved"] for p in passes] == [0, 0] and passes[1]["quiet"]
+    assert [p.moved for p in passes] == [0, 0] and passes[1].quiet
 
 
 def test_a_restore_keeps_ground_truth_on_the_annotations_it_does_not_edit(label_studio, syncer, new_project):

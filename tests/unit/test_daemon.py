@@ -347,13 +347,14 @@ def test_mirror_passes_are_counted_logged_locked_is_not_a_failure_and_failures_b
     from ls_space_sync.labelstudio.client import LabelStudioError
     from ls_space_sync.store.dataset import ProjectLocked
     from ls_space_sync.pull.run import RunResult
+    from ls_space_sync.push.engine import PushResult
+    from ls_space_sync.push.mirror import MirrorResult
 
-    push = {"source_project": 1, "target_project": 2, "created": 2, "updated": 1, "deleted": 0, "echoes": 0,
-            "conflicts": 0}
+    push = PushResult(1, 2, 1, "p1", created=2, updated=1, deleted=0, echoes=0, conflicts=0)
     outcomes = [
-        {"source": 1, "target": 2, "pulls": ["project 1: run-000001 v1 +3 ~0 -0"], "pushes": [push], "versions": 1,
-         "moved": 3, "quiet": False, "runs": [RunResult(1, "r1", SUCCEEDED, inserted=3, version=1, tag="run-000001"),
-                                              RunResult(2, "r2", SKIPPED)]},
+        MirrorResult(1, 2, pulls=["project 1: run-000001 v1 +3 ~0 -0"], pushes=[push], versions=1,
+                     moved=3, runs=[RunResult(1, "r1", SUCCEEDED, inserted=3, version=1, tag="run-000001"),
+                                    RunResult(2, "r2", SKIPPED)]),
         ProjectLocked("project 1 is being synced by another process"),
         LabelStudioError("Label Studio answered HTTP 502", 502),
         LabelStudioError("Label Studio answered HTTP 502", 502),
@@ -370,7 +371,7 @@ def test_mirror_passes_are_counted_logged_locked_is_not_a_failure_and_failures_b
     monkeypatch.setattr(daemon_module, "mirror_once", fake_mirror_once)
     d = daemons(make_settings(tmp_path, projects=[], mirrors=MIRRORS[:1]))
     with caplog.at_level("INFO", logger="ls_space_sync.service.daemon"):
-        assert d.mirror_job(1, 2, "schedule")["moved"] == 3
+        assert d.mirror_job(1, 2, "schedule").moved == 3
     assert "mirror 1 -> 2 (both ways): 1 new versions, 3 tasks moved (pull project 1: run-000001 v1 +3 ~0 -0; " \
            "push 1 -> 2: +2 ~1 -0 (0 echoes, 0 conflicts))" in caplog.messages
     passes = "ls_space_sync_mirror_passes_total"

@@ -70,10 +70,10 @@ def test_compaction_keeps_every_tag_and_merges_fragments(settings, store):
     before = snapshot(store)
     fragments = len(store.dataset().get_fragments())
     report = compact_project(settings, 3, retention_seconds=0)
-    assert report["status"] == "compacted" and report["tags_pruned"] == []
-    assert report["fragments_before"] == fragments == 8
-    assert report["fragments_after"] == len(store.dataset().get_fragments()) == 1
-    assert report["bytes_before"] > 0 and report["bytes_after"] > 0 and report["files_after"] > 0
+    assert report.status == "compacted" and report.tags_pruned == []
+    assert report.fragments_before == fragments == 8
+    assert report.fragments_after == len(store.dataset().get_fragments()) == 1
+    assert report.bytes_before > 0 and report.bytes_after > 0 and report.files_after > 0
     after = snapshot(store)
     assert sorted(after) == sorted(before)
     for name, table in before.items():
@@ -91,7 +91,7 @@ def test_large_fragments_are_not_rewritten(settings, monkeypatch):
         store.tag(f"run-{run + 1:06d}", version)
     first_load = store.dataset().get_fragments()[0].metadata.files[0].path  # 200 rows: large, no deletions
     report = compact_project(settings, 5, retention_seconds=0)
-    assert (report["fragments_before"], report["fragments_after"]) == (4, 2)
+    assert (report.fragments_before, report.fragments_after) == (4, 2)
     assert first_load in {f.metadata.files[0].path for f in store.dataset().get_fragments()}
     assert store.count() == 230
 
@@ -99,12 +99,12 @@ def test_large_fragments_are_not_rewritten(settings, monkeypatch):
 def test_pruning_frees_disk_and_keeps_other_tags(settings, store):
     before = snapshot(store)
     report = compact_project(settings, 3, retention_seconds=0, keep_tags_count=2)
-    assert report["tags_pruned"] == [f"run-{i:06d}" for i in range(1, 7)]
+    assert report.tags_pruned == [f"run-{i:06d}" for i in range(1, 7)]
     assert sorted(store.tags()) == ["release-1", "run-000007", "run-000008"]
     for name in store.tags():
         assert store.dataset(name).to_table().sort_by("id").equals(before[name]), name
-    assert report["versions_removed"] >= 6
-    assert report["files_after"] < report["files_before"]
+    assert report.versions_removed >= 6
+    assert report.files_after < report.files_before
     versions = [v["version"] for v in store.versions()]
     assert 3 not in versions and 2 in versions  # pruned run-000003's version is gone, release-1's stays
 
@@ -112,7 +112,7 @@ def test_pruning_frees_disk_and_keeps_other_tags(settings, store):
 def test_dry_run_changes_nothing(settings, store):
     tags, versions = store.tags(), [v["version"] for v in store.versions()]
     report = compact_project(settings, 3, retention_seconds=0, keep_tags_count=3, dry_run=True)
-    assert report["status"] == "dry-run" and len(report["tags_pruned"]) == 5
+    assert report.status == "dry-run" and len(report.tags_pruned) == 5
     assert store.tags() == tags and [v["version"] for v in store.versions()] == versions
     assert "would prune 5 tags (run-000001..run-000005)" in maintenance.summary(report)
 
@@ -141,7 +141,7 @@ def test_takes_the_project_lock(settings, store):
 
 
 def test_no_dataset(settings):
-    assert compact_project(settings, 99)["status"] == "no dataset"
+    assert compact_project(settings, 99).status == "no dataset"
 
 
 def test_cli_compact(settings, store):

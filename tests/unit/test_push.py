@@ -496,19 +496,19 @@ def test_mirror_both_ways_converges_then_stays_quiet(tmp_path, fake):
     syncer = make_syncer(tmp_path)
     pair = MirrorSettings(source=a, target=None, both_ways=True)
     first = mirror_once(syncer, pair)
-    b = first["target"]
-    assert b != a and first["moved"] == 4 and contents(fake, b) == contents(fake, a)
-    assert mirror_once(syncer, pair)["quiet"]
+    b = first.target
+    assert b != a and first.moved == 4 and contents(fake, b) == contents(fake, a)
+    assert mirror_once(syncer, pair).quiet
     tb = fake.of(b)
     tb[0]["annotations"][0]["result"] = choice("b")  # edited in the target
     fake.touch(tb[0]["id"])
     fake.add(b, {"data": {"text": "born in b"}})
     fake.add(a, {"data": {"text": "born in a"}})
     results = [mirror_once(syncer, pair) for _ in range(4)]
-    assert results[-1]["quiet"] and results[-2]["quiet"]
+    assert results[-1].quiet and results[-2].quiet
     assert len(fake.of(a)) == len(fake.of(b)) == 6 and contents(fake, a) == contents(fake, b)
     fake.calls.clear()
-    assert mirror_once(syncer, pair)["quiet"] and fake.writes() == []
+    assert mirror_once(syncer, pair).quiet and fake.writes() == []
 
 
 def test_a_mirror_pass_line_names_target_ids_that_were_reused(tmp_path, fake):
@@ -528,15 +528,15 @@ def test_a_conflict_lets_the_source_win_and_converges(tmp_path, fake):
     a = seed(fake, 2)
     syncer = make_syncer(tmp_path)
     pair = MirrorSettings(source=a, target=None, both_ways=True)
-    b = mirror_once(syncer, pair)["target"]
+    b = mirror_once(syncer, pair).target
     ta, tb = fake.of(a)[0], fake.of(b)[0]
     ta["data"] = {"text": "edited in a"}
     tb["data"] = {"text": "edited in b"}
     fake.touch(ta["id"])
     fake.touch(tb["id"])
     res = mirror_once(syncer, pair)
-    assert res["pushes"][0]["conflicts"] == 1
-    while not mirror_once(syncer, pair)["quiet"]:
+    assert res.pushes[0].conflicts == 1
+    while not mirror_once(syncer, pair).quiet:
         pass
     assert fake.tasks[ta["id"]]["data"] == fake.tasks[tb["id"]]["data"] == {"text": "edited in a"}
     # b's edit is kept in b's dataset history
@@ -559,7 +559,7 @@ def test_restore_recreates_updates_and_deletes_to_match_a_tag(tmp_path, fake):
     assert (len(plan.create), len(plan.update), len(plan.delete)) == (1, 1, 1)
     assert "create 1 tasks" in plan.describe() and f"update 1 tasks in place: {ids[0]}" in plan.describe()
     done = apply_restore(syncer, plan)
-    assert (done["created"], done["updated"], done["deleted"]) == (1, 1, 1)
+    assert (done.created, done.updated, done.deleted) == (1, 1, 1)
     assert contents(fake, pid) == want
     assert fake.tasks[ids[0]]["annotations"][0]["completed_by"] == 2  # authorship restored
     assert not plan_restore(syncer, pid, "run-000001")

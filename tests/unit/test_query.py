@@ -203,4 +203,4 @@ def test_python_api(root):
     con.close()
     assert list(api.read_tasks(3, data_dir=data_dir, where="id = 1")) == [TASKS[0]]
     assert api.version_diff(3, "run-000001", data_dir=data_dir).inserted == [5]
-    assert [r["status"] for r in api.compact(data_dir=data_dir, dry_run=True)] == ["dry-run", "dry-run"]
+    assert [r.status for r in api.compact(data_dir=data_dir, dry_run=True)] == ["dry-run", "dry-run"]
