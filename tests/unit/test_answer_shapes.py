@@ -8,7 +8,6 @@ empty page. And a listing shorter than the project's task count is never committ
 from __future__ import annotations
 
 import pytest
-import respx
 
 from ls_space_sync.labelstudio.client import MalformedResponse
 from ls_space_sync.store.state import FAILED, SUCCEEDED
@@ -17,12 +16,6 @@ from tests.fakes import URL, FakeLabelStudio
 from tests.unit.test_sync import make_syncer, stored
 
 WRONG_SHAPES = [b"null", b"[]", b"{}", b'{"garbage": true}', b'{"tasks": null}', b'{"tasks": [1, 2]}']
-
-
-@pytest.fixture
-def fake():
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeLabelStudio().mount(router)
 
 
 def fill(fake: FakeLabelStudio, n: int) -> None:
@@ -70,7 +63,7 @@ def test_full_scan_of_the_wrong_shape_deletes_nothing(tmp_path, fake, body):
     version = syncer.store(1).version()
     fake.delete(15)  # the count no longer adds up: this run does a full scan
     fake.tick(60)
-    served = fake._served["tasks"]
+    served = fake.served["tasks"]
     # The incremental fetch is request served+1; the stamp scan's first page is served+2.
     every_attempt(fake, "tasks", served + 2, body)
     with pytest.raises(MalformedResponse):
@@ -90,7 +83,7 @@ def test_incremental_page_of_the_wrong_shape_keeps_the_cursor(tmp_path, fake):
     fake.tick(600)
     fake.touch(2, text="edited long before the next run")
     fake.tick(600)
-    every_attempt(fake, "tasks", fake._served["tasks"] + 1, b"[]")
+    every_attempt(fake, "tasks", fake.served["tasks"] + 1, b"[]")
     with pytest.raises(MalformedResponse):
         syncer.run_once(1)
     assert syncer.state.cursor(1).cursor == cursor  # the edit is not skipped by a later run
@@ -115,7 +108,7 @@ def test_unreadable_bodies_are_retried_then_named(tmp_path, fake, body, reason):
     syncer = make_syncer(tmp_path)
     fake.body_faults[("tasks", 1)] = body  # once: retried
     assert syncer.run_once(1).inserted == 3
-    every_attempt(fake, "tasks", fake._served["tasks"] + 1, body)
+    every_attempt(fake, "tasks", fake.served["tasks"] + 1, body)
     fake.add("new")
     fake.tick(60)
     with pytest.raises(MalformedResponse) as err:

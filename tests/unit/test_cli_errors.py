@@ -15,12 +15,6 @@ OTHER_CONFIG = '<View><Text name="text" value="$text"/><Choices name="other" toN
 
 
 @pytest.fixture
-def fake():
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeLabelStudio().mount(router)
-
-
-@pytest.fixture
 def config(tmp_path, fake, monkeypatch):
     """A config for the fake server, with project 1 synced once (run-000001)."""
     for i in range(3):
@@ -51,12 +45,10 @@ def run(config: str, *args: str):
 
 
 def test_restore_with_a_label_config_that_lost_a_control(tmp_path, monkeypatch):
-    # The read-write fake of the push tests: restore reads users and writes tasks.
-    from tests.unit.test_push import FakeServer, seed
+    from tests.unit.test_push import seed
 
-    server = FakeServer()
     with respx.mock(assert_all_called=False) as router:
-        router.route(url__startswith=URL).mock(side_effect=server.handle)
+        server = FakeLabelStudio().mount(router)
         src = seed(server, 2)
         monkeypatch.setenv("LABEL_STUDIO_URL", URL)
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY)

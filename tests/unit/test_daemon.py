@@ -24,12 +24,6 @@ from ls_space_sync.store.dataset import project_lock
 from tests.fakes import KEY, URL, FakeLabelStudio
 
 
-@pytest.fixture
-def fake():
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeLabelStudio().mount(router)
-
-
 def make_settings(tmp_path, **overrides):
     base = {"data_dir": str(tmp_path), "projects": [1],
             "label_studio": {"retries": 0, "retry_max_wait_seconds": 0.01},

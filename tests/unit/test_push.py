@@ -3,16 +3,11 @@ The pure content/diff functions are in test_taskdiff.py; the real server in test
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
-from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime
 from typing import Any
 
 import httpx
 import pytest
-import respx
 from sqlalchemy import select, update
 
 from ls_space_sync.labelstudio.client import LabelStudioError, ServerUnavailable
@@ -22,188 +17,7 @@ from ls_space_sync.push.restore import apply_restore, plan_restore
 from ls_space_sync.settings import MirrorSettings, load_settings
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED
 from ls_space_sync.pull.run import Syncer
-
-URL = "http://ls.test"
-KEY = "unit-test-token"
-CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
-          '<Choice value="a"/><Choice value="b"/></Choices></View>')
-
-
-def choice(v: str) -> list[dict[str, Any]]:
-    return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [v]}}]
-
-
-class FakeServer:
-    """Projects, tasks, annotations and predictions in memory, with Label Studio 1.23's answers."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
-        self.projects: dict[int, dict[str, Any]] = {}
-        self.tasks: dict[int, dict[str, Any]] = {}
-        self.users = {1, 2}
-        self.ids = itertools.count(1)
-        self.calls: list[httpx.Request] = []
-        self.fail_import: list[httpx.Response | str | None] = []  # answers to the next imports
-
-    def ts(self) -> str:
-        self.now += timedelta(seconds=1)
-        return self.now.isoformat().replace("+00:00", "Z")
-
-    def project(self, title: str = "p", config: str = CONFIG) -> int:
-        pid = next(self.ids)
-        self.projects[pid] = {"id": pid, "title": title, "label_config": config}
-        return pid
-
-    def add(self, pid: int, task: dict[str, Any]) -> int:
-        ts = self.ts()
-        tid = next(self.ids)
-        self.tasks[tid] = {"id": tid, "project": pid, "data": task["data"], "meta": task.get("meta", {}),
-                           "created_at": ts, "updated_at": ts, "annotations": [], "predictions": []}
-        for a in task.get("annotations", []):
-            self.tasks[tid]["annotations"].append(self._ann(a, ts))
-        for p in task.get("predictions", []):
-            self.tasks[tid]["predictions"].append({"id": next(self.ids), "result": p.get("result", []),
-                                                   "score": p.get("score"), "model_version": p.get("model_version", ""),
-                                                   "created_at": ts, "updated_at": ts})
-        return tid
-
-    def _ann(self, a: dict[str, Any], ts: str, default_gt: bool = True) -> dict[str, Any]:
-        # An import sets ground_truth on annotations without the key; the API's create does not.
-        return {"id": next(self.ids), "result": a.get("result", []), "completed_by": a.get("completed_by", 1),
-                "was_cancelled": a.get("was_cancelled", False), "ground_truth": a.get("ground_truth", default_gt),
-                "lead_time": a.get("lead_time"), "created_at": ts, "updated_at": ts}
-
-    @staticmethod
-    def unique_ground_truth(task: dict[str, Any], body: dict[str, Any], annotation: dict[str, Any]) -> None:
-        """Label Studio's rule: a write naming ground_truth=true clears it on the other annotations."""
-        if body.get("ground_truth"):
-            for other in task["annotations"]:
-                if other is not annotation:
-                    other["ground_truth"] = False
-
-    def reuse(self, tid: int, task: dict[str, Any]) -> None:
-        """Delete task ``tid`` and give its id to another task of the same project (SQLite Label Studio)."""
-        pid = self.tasks.pop(tid)["project"]
-        ts = self.ts()
-        self.tasks[tid] = {"id": tid, "project": pid, "data": task["data"], "meta": task.get("meta", {}),
-                           "created_at": ts, "updated_at": ts, "annotations": [], "predictions": []}
-
-    def of(self, pid: int) -> list[dict[str, Any]]:
-        return [t for t in sorted(self.tasks.values(), key=lambda t: t["id"]) if t["project"] == pid]
-
-    def view(self, t: dict[str, Any]) -> dict[str, Any]:
-        return {**t, "total_annotations": sum(not a.get("was_cancelled") for a in t["annotations"]),
-                "cancelled_annotations": sum(bool(a.get("was_cancelled")) for a in t["annotations"]),
-                "total_predictions": len(t["predictions"]), "is_labeled": bool(t["annotations"])}
-
-    def touch(self, tid: int) -> None:
-        self.tasks[tid]["updated_at"] = self.ts()
-
-    def find(self, kind: str, oid: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        for t in self.tasks.values():
-            for o in t[kind]:
-                if o["id"] == oid:
-                    return t, o
-        raise KeyError(oid)
-
-    # --- HTTP ------------------------------------------------------------------------------
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.calls.append(request)
-        path, method = request.url.path, request.method
-        body = json.loads(request.content) if request.content else None
-        q = request.url.params
-        if m := re.fullmatch(r"/api/projects/(\d+)/", path):
-            p = self.projects[int(m[1])]
-            info = {**p, "task_number": len(self.of(p["id"]))}
-            return httpx.Response(200, json=info, headers={"Date": format_datetime(self.now, usegmt=True)})
-        if path == "/api/projects/" and method == "POST":
-            pid = self.project(body["title"], body["label_config"])
-            return httpx.Response(201, json=self.projects[pid])
-        if path == "/api/users/":
-            return httpx.Response(200, json=[{"id": u} for u in sorted(self.users)])
-        if m := re.fullmatch(r"/api/projects/(\d+)/import", path):
-            fail = self.fail_import.pop(0) if self.fail_import else None
-            if isinstance(fail, httpx.Response):
-                return fail
-            for t in body:
-                for a in t.get("annotations", []):
-                    if "completed_by" in a and a["completed_by"] not in self.users:
-                        return httpx.Response(400, json={"detail": "Validation error", "validation_errors": {
-                            "non_field_errors": [f"Import data contains completed_by={a['completed_by']} which is "
-                                                 "not a valid annotator's email or ID"]}})
-            ids = [self.add(int(m[1]), t) for t in body]
-            if fail == "timeout after import":
-                raise httpx.ReadTimeout("timed out", request=request)
-            return httpx.Response(201, json={"task_count": len(ids), "task_ids": ids})
-        if path == "/api/tasks/":
-            return self.list_tasks(q)
-        if m := re.fullmatch(r"/api/tasks/(\d+)/", path):
-            t = self.tasks.get(int(m[1]))
-            if t is None:
-                return httpx.Response(404, json={"detail": "Not found."})
-            if method == "PATCH":
-                t.update(body)
-                self.touch(t["id"])
-            return httpx.Response(200, json=self.view(t))
-        if m := re.fullmatch(r"/api/tasks/(\d+)/annotations/", path):
-            t = self.tasks[int(m[1])]
-            t["annotations"].append(self._ann(body, self.ts(), default_gt=False))
-            self.unique_ground_truth(t, body, t["annotations"][-1])
-            self.touch(t["id"])
-            return httpx.Response(201, json=t["annotations"][-1])
-        if path == "/api/predictions/":
-            t = self.tasks[body.pop("task")]
-            t["predictions"].append({"id": next(self.ids), "model_version": "", **body})
-            self.touch(t["id"])
-            return httpx.Response(201, json=t["predictions"][-1])
-        if m := re.fullmatch(r"/api/(annotations|predictions)/(\d+)/", path):
-            t, o = self.find(m[1], int(m[2]))
-            if method == "DELETE":
-                t[m[1]].remove(o)
-            else:
-                o.update(body)
-                if m[1] == "annotations":
-                    self.unique_ground_truth(t, body, o)
-            self.touch(t["id"])
-            return httpx.Response(204 if method == "DELETE" else 200, json=None if method == "DELETE" else o)
-        if path == "/api/dm/actions/":
-            for tid in body["selectedItems"]["included"]:
-                self.tasks.pop(tid, None)
-            return httpx.Response(200, json={})
-        raise AssertionError(f"unexpected {method} {path}")
-
-    def list_tasks(self, q: httpx.QueryParams) -> httpx.Response:
-        tasks = [self.view(t) for t in self.of(int(q["project"]))]
-        query = json.loads(q.get("query") or "{}")
-        if "selectedItems" in query:
-            included = set(query["selectedItems"]["included"])
-            tasks = [t for t in tasks if t["id"] in included]
-        for f in query.get("filters", {}).get("items", []):
-            key, op, value = f["filter"], f["operator"], f["value"]
-            if key == "filter:tasks:id":
-                test = {"greater": lambda t: t["id"] > value, "greater_or_equal": lambda t: t["id"] >= value,
-                        "less_or_equal": lambda t: t["id"] <= value}[op]
-            else:
-                test = lambda t: t["updated_at"] > value  # noqa: E731 - same format, so string order works
-            tasks = [t for t in tasks if test(t)]
-        tasks = tasks[: int(q.get("page_size", 100))]
-        if q.get("fields") != "all":
-            tasks = [{k: v for k, v in t.items() if k not in ("annotations", "predictions")} for t in tasks]
-        if q.get("include"):
-            tasks = [{k: t[k] for k in q["include"].split(",") if k in t} for t in tasks]
-        return httpx.Response(200, json={"tasks": json.loads(json.dumps(tasks))})
-
-    def writes(self) -> list[str]:
-        return [f"{r.method} {r.url.path}" for r in self.calls if r.method != "GET"]
-
-
-@pytest.fixture
-def fake():
-    server = FakeServer()
-    with respx.mock(assert_all_called=False) as router:
-        router.route(url__startswith=URL).mock(side_effect=server.handle)
-        yield server
+from tests.fakes import CONFIG, KEY, URL, FakeLabelStudio, choice
 
 
 def make_syncer(tmp_path, **overrides):
@@ -216,18 +30,18 @@ def make_syncer(tmp_path, **overrides):
     return Syncer(settings)
 
 
-def seed(fake: FakeServer, n: int = 6) -> int:
+def seed(fake: FakeLabelStudio, n: int = 6) -> int:
     pid = fake.project("source")
     for i in range(n):
-        fake.add(pid, {"data": {"text": f"t{i}"}, "meta": {"batch": i // 3},
-                       "annotations": [{"result": choice("a"), "completed_by": 2, "ground_truth": False,
-                                        "lead_time": 1.5}] if i % 2 == 0 else
-                       [{"result": [], "was_cancelled": True, "completed_by": 7}],
-                       "predictions": [{"result": choice("b"), "score": 0.25, "model_version": "m1"}]})
+        fake.import_task(pid, {"data": {"text": f"t{i}"}, "meta": {"batch": i // 3},
+                               "annotations": [{"result": choice("a"), "completed_by": 2, "ground_truth": False,
+                                                "lead_time": 1.5}] if i % 2 == 0 else
+                               [{"result": [], "was_cancelled": True, "completed_by": 7}],
+                               "predictions": [{"result": choice("b"), "score": 0.25, "model_version": "m1"}]})
     return pid
 
 
-def contents(fake: FakeServer, pid: int) -> list[str]:
+def contents(fake: FakeLabelStudio, pid: int) -> list[str]:
     return sorted(content_hash(t) for t in fake.of(pid))
 
 
@@ -440,7 +254,7 @@ def test_a_link_without_target_created_at_is_trusted_only_on_the_origin_mark(tmp
 def gt_pushed(tmp_path, fake, *annotations: dict[str, Any]) -> tuple[Any, int, int]:
     """A source task with these annotations, synced and pushed to a target."""
     src = fake.project("source")
-    fake.add(src, {"data": {"text": "x"}, "annotations": list(annotations)})
+    fake.import_task(src, {"data": {"text": "x"}, "annotations": list(annotations)})
     dst = fake.project("target")
     syncer = make_syncer(tmp_path)
     syncer.run_once(src)
@@ -502,8 +316,8 @@ def test_mirror_both_ways_converges_then_stays_quiet(tmp_path, fake):
     tb = fake.of(b)
     tb[0]["annotations"][0]["result"] = choice("b")  # edited in the target
     fake.touch(tb[0]["id"])
-    fake.add(b, {"data": {"text": "born in b"}})
-    fake.add(a, {"data": {"text": "born in a"}})
+    fake.import_task(b, {"data": {"text": "born in b"}})
+    fake.import_task(a, {"data": {"text": "born in a"}})
     results = [mirror_once(syncer, pair) for _ in range(4)]
     assert results[-1].quiet and results[-2].quiet
     assert len(fake.of(a)) == len(fake.of(b)) == 6 and contents(fake, a) == contents(fake, b)
@@ -554,7 +368,7 @@ def test_restore_recreates_updates_and_deletes_to_match_a_tag(tmp_path, fake):
     fake.tasks[ids[0]]["annotations"].clear()
     fake.touch(ids[0])
     fake.tasks.pop(ids[1])
-    fake.add(pid, {"data": {"text": "added later"}})
+    fake.import_task(pid, {"data": {"text": "added later"}})
     plan = plan_restore(syncer, pid, "run-000001")
     assert (len(plan.create), len(plan.update), len(plan.delete)) == (1, 1, 1)
     assert "create 1 tasks" in plan.describe() and f"update 1 tasks in place: {ids[0]}" in plan.describe()

@@ -6,7 +6,6 @@ import hmac
 import json
 import time
 
-import httpx
 import pytest
 import respx
 from fastapi.testclient import TestClient
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 from ls_space_sync.service.daemon import Daemon
 from ls_space_sync.service.http import create_app, model_version
 from ls_space_sync.store.state import SUCCEEDED
-from tests.fakes import URL, FakeLabelStudio
+from tests.fakes import FakeLabelStudio
 from tests.unit.test_daemon import make_settings, sample, wait_for
 
 SECRET = "unit-webhook-secret"
@@ -25,12 +24,6 @@ def event(action="ANNOTATION_CREATED", project=1, **extra):
     body = {"action": action, "project": {"id": project, "title": "p"} if isinstance(project, int) else project}
     body.update(extra)
     return body
-
-
-@pytest.fixture
-def fake():
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeLabelStudio().mount(router)
 
 
 @pytest.fixture
@@ -199,64 +192,28 @@ def test_a_burst_of_100_events_gives_at_most_two_runs(service, fake):
 
 # --- webhooks install / remove (respx: Label Studio's /api/webhooks/) ---------------------------
 
-class FakeWebhooks:
-    """Label Studio's webhook list, as the SDK reads and writes it."""
-
-    def __init__(self):
-        self.hooks: dict[int, dict] = {}
-        self.next_id = 1
-
-    def add(self, **hook):
-        hook = {"id": self.next_id, "send_payload": True, "send_for_all_actions": True, "is_active": True,
-                "headers": {}, "actions": [], **hook}
-        self.hooks[hook["id"]] = hook
-        self.next_id += 1
-        return hook
-
-    def mount(self, router):
-        def listing(request):
-            project = int(request.url.params["project"])
-            return httpx.Response(200, json=[h for h in self.hooks.values() if h["project"] == project])
-
-        def create(request):
-            return httpx.Response(201, json=self.add(**json.loads(request.content)))
-
-        def one(request, hook_id):
-            hook_id = int(hook_id)
-            if request.method == "DELETE":
-                del self.hooks[hook_id]
-                return httpx.Response(204)
-            self.hooks[hook_id].update(json.loads(request.content))
-            return httpx.Response(200, json=self.hooks[hook_id])
-
-        router.get(f"{URL}/api/webhooks/").mock(side_effect=listing)
-        router.post(f"{URL}/api/webhooks/").mock(side_effect=create)
-        router.route(url__regex=rf"{URL}/api/webhooks/(?P<hook_id>\d+)/").mock(side_effect=one)
-        return self
-
-
 def test_webhooks_install_is_idempotent_and_remove_takes_only_ours(tmp_path):
     from ls_space_sync.service.webhooks import apply
 
     settings = make_settings(tmp_path, projects=[1, 2], server={"webhook_secret": SECRET, "port": 9191})
     with respx.mock(assert_all_called=False) as router:
-        fake = FakeWebhooks().mount(router)
-        other = fake.add(project=1, url="http://elsewhere/hook")
+        fake = FakeLabelStudio().mount(router)
+        other = fake.add_webhook(project=1, url="http://elsewhere/hook")
         created = apply(settings, "install")
         assert [(c.project_id, c.action) for c in created] == [(1, "created"), (2, "created")]
-        ours = [h for h in fake.hooks.values() if h["url"] == "http://127.0.0.1:9191/webhook"]
+        ours = [h for h in fake.webhooks.values() if h["url"] == "http://127.0.0.1:9191/webhook"]
         assert len(ours) == 2
         assert all(h["headers"] == {HEADER: SECRET} and h["send_payload"] and h["send_for_all_actions"] for h in ours)
         assert [c.action for c in apply(settings, "install")] == ["unchanged", "unchanged"]
         # A new secret: the header is updated in place; a duplicate of ours is removed.
-        fake.add(project=2, url="http://127.0.0.1:9191/webhook", headers={HEADER: SECRET})
+        fake.add_webhook(project=2, url="http://127.0.0.1:9191/webhook", headers={HEADER: SECRET})
         rotated = make_settings(tmp_path, projects=[1, 2], server={"webhook_secret": "rotated-secret", "port": 9191})
         assert [c.action for c in apply(rotated, "install")] == ["updated", "updated"]
-        ours = [h for h in fake.hooks.values() if h["url"] == "http://127.0.0.1:9191/webhook"]
+        ours = [h for h in fake.webhooks.values() if h["url"] == "http://127.0.0.1:9191/webhook"]
         assert len(ours) == 2 and all(h["headers"] == {HEADER: "rotated-secret"} for h in ours)
         removed = apply(settings, "remove")
         assert [c.action for c in removed] == ["removed", "removed"]
-        assert list(fake.hooks.values()) == [other]  # only ours went
+        assert list(fake.webhooks.values()) == [other]  # only ours went
         assert [c.action for c in apply(settings, "remove")] == ["absent", "absent"]
 
 
@@ -265,6 +222,6 @@ def test_webhooks_install_needs_a_secret(tmp_path):
     from ls_space_sync.service.webhooks import apply
 
     with respx.mock(assert_all_called=False) as router:
-        FakeWebhooks().mount(router)
+        FakeLabelStudio().mount(router)
         with pytest.raises(ConfigError, match="webhook_secret"):
             apply(make_settings(tmp_path, server={"webhook_secret": None}), "install")

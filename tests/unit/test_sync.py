@@ -7,7 +7,6 @@ import time
 from datetime import timedelta
 
 import pytest
-import respx
 
 from ls_space_sync.store.compaction import small_fragments
 from ls_space_sync.labelstudio.client import AuthError, LabelStudioClient, NotFound, ServerUnavailable
@@ -16,13 +15,7 @@ from ls_space_sync.settings import load_settings
 from ls_space_sync.store.state import FAILED, SUCCEEDED
 from ls_space_sync.store.dataset import ProjectLocked, project_lock
 from ls_space_sync.pull.run import Syncer
-from tests.fakes import KEY, URL, FakeLabelStudio
-
-
-@pytest.fixture
-def fake():
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeLabelStudio().mount(router)
+from tests.fakes import KEY, URL
 
 
 def make_syncer(tmp_path, compaction=None, **sync):
@@ -107,10 +100,8 @@ def test_reused_id_is_a_replace_not_an_update(tmp_path, fake):
         fake.add(f"t{i}")
     syncer = make_syncer(tmp_path, full_scan_every=0)
     syncer.run_once(1)
-    fake.delete(3)
-    fake.next_id = 3  # SQLite Label Studio hands out max(id)+1 again
     fake.tick(60)
-    fake.add("a different task")
+    fake.reuse(3, {"data": {"text": "a different task"}})  # SQLite Label Studio hands out max(id)+1 again
     result = syncer.run_once(1)
     assert (result.inserted, result.updated, result.deleted) == (1, 0, 1)
     assert stored(syncer)[3]["data"] == {"text": "a different task"}
@@ -218,7 +209,7 @@ def test_project_gone_after_first_sync_fails_the_run_and_keeps_the_store(tmp_pat
     fake.add("a")
     syncer = make_syncer(tmp_path)
     syncer.run_once(1)
-    fake.project_id = 2  # project 1 is deleted on the server
+    del fake.projects[1]  # project 1 is deleted on the server
     with pytest.raises(NotFound, match="project 1 does not exist"):
         syncer.run_once(1)
     assert syncer.state.runs(1)[0].status == FAILED
