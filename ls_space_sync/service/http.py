@@ -8,6 +8,8 @@ and ``ls-space-sync run``, which serves them together with the daemon (:func:`se
 | ``POST /webhook`` | Label Studio webhook events; the secret in header ``server.webhook_header`` |
 | ``POST /setup``, ``POST /predict``, ``GET /versions`` | ML-backend protocol: a model that predicts nothing |
 | ``/ml/<secret>/{health,setup,predict,versions,webhook}`` | the same, for a project's Model settings |
+| ``/ml/<secret>/tag/<tag>/...`` | the same; predicts each task's annotations at a stored tag |
+| ``/ml/<secret>/source/<id>/tag/<tag>/...`` | the same, the tag of project ``id`` (see ``read/predictions.py``) |
 
 Webhooks are hints: an accepted event schedules a sync of its project ``server.debounce_seconds``
 later, or the pass of the mirror pair that pulls it (debounced, see :meth:`Daemon.request_sync`);
@@ -190,7 +192,88 @@ def create_app(daemon: Daemon) -> FastAPI:
         check_secret(token)
         return await handle_event(request)
 
+    add_tag_routes(app, daemon, check_secret, read_json, handle_event)
     return app
+
+
+def project_of(payload: Any) -> int | None:
+    """The project id of an ML-backend request: ``"project": "<id>.<created timestamp>"`` as Label
+    Studio sends it, else the first task's ``project``."""
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("project")
+    if isinstance(value, str) and value.split(".")[0].isdigit():
+        return int(value.split(".")[0])
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    tasks = payload.get("tasks")
+    if isinstance(tasks, list) and tasks and isinstance(tasks[0], dict) and isinstance(tasks[0].get("project"), int):
+        return int(tasks[0]["project"])
+    return None
+
+
+def add_tag_routes(app: FastAPI, daemon: Daemon, check_secret: Callable[[str | None], None],
+                   read_json: Callable[[Request], Any], handle_event: Callable[[Request], Any]) -> None:
+    """``/ml/<secret>/tag/<tag>`` and ``/ml/<secret>/source/<project>/tag/<tag>``: an ML backend
+    whose predictions are the stored annotations at the tag (:mod:`ls_space_sync.read.predictions`),
+    ``model_version`` the tag. Health and webhook are those of ``/ml/<secret>``."""
+    from ls_space_sync.read.predictions import AmbiguousTag, TagNotFound, resolve_tag, tag_predictions
+
+    root = daemon.settings.resolved_store_root
+
+    def refused(exc: Exception, status: int) -> JSONResponse:
+        log.info("tag predictions refused: %s", exc)  # never the path: it holds the secret
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    async def resolve(payload: Any, tag: str, source: int | None) -> Any:
+        pid = project_of(payload)
+        if pid is None:
+            raise _Rejected(422, "no project in the body (\"project\": \"<id>.<time>\"), as Label Studio sends",
+                            "malformed")
+        return await run_in_threadpool(resolve_tag, root, daemon.state, pid, tag, source)
+
+    async def tag_setup(token: str, tag: str, request: Request, source: int | None = None) -> Any:
+        check_secret(token)
+        payload = await read_json(request)  # carries the project's access token: never logged or kept
+        try:
+            found = await resolve(payload, tag, source)
+        except (TagNotFound, AmbiguousTag) as exc:
+            return refused(exc, 404 if isinstance(exc, TagNotFound) else 409)
+        return {"model_version": found.tag}
+
+    async def tag_predict(token: str, tag: str, request: Request, source: int | None = None) -> Any:
+        check_secret(token)
+        payload = await read_json(request)
+        tasks = payload.get("tasks") if isinstance(payload, dict) else None
+        if not isinstance(tasks, list):
+            raise _Rejected(422, "body must be a JSON object with a list of tasks, as Label Studio sends", "malformed")
+        try:
+            found = await resolve(payload, tag, source)
+        except (TagNotFound, AmbiguousTag) as exc:
+            return refused(exc, 404 if isinstance(exc, TagNotFound) else 409)
+        results = await run_in_threadpool(tag_predictions, root, daemon.state, found, tasks)
+        return {"results": results, "model_version": found.tag}
+
+    def tag_health(token: str, tag: str, source: int | None = None) -> dict[str, Any]:
+        check_secret(token)
+        return daemon.health()
+
+    def tag_versions(token: str, tag: str, source: int | None = None) -> dict[str, Any]:
+        check_secret(token)
+        return {"versions": [tag], "model_version": tag}
+
+    async def tag_webhook(token: str, tag: str, request: Request, source: int | None = None) -> JSONResponse:
+        check_secret(token)
+        result: JSONResponse = await handle_event(request)
+        return result
+
+    for prefix in ("/ml/{token}/tag/{tag}", "/ml/{token}/source/{source}/tag/{tag}"):
+        app.api_route(f"{prefix}/", methods=["GET"])(tag_health)
+        app.api_route(f"{prefix}/health", methods=["GET"])(tag_health)
+        app.post(f"{prefix}/setup")(tag_setup)
+        app.post(f"{prefix}/predict")(tag_predict)
+        app.get(f"{prefix}/versions")(tag_versions)
+        app.post(f"{prefix}/webhook")(tag_webhook)
 
 
 class HTTPServer:
