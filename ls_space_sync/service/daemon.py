@@ -121,6 +121,7 @@ class Daemon:
         self.mirror_status: dict[str, MirrorStatus] = {}
         self._listed: list[int] = []  # the projects to sync as configured or discovered
         self.metrics = Metrics(self._last_successes)
+        self.metrics.set_webhooks_enabled(settings.server.webhook_secret is not None)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._running: dict[str, int] = {}  # job key -> project id, while a run is going

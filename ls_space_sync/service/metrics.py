@@ -11,6 +11,7 @@
 | ``ls_space_sync_webhook_rejected_total`` | counter | reason (auth, too_large, malformed, unknown_project, disabled) |
 | ``ls_space_sync_mirror_passes_total`` | counter | source, target, trigger, outcome (quiet, changed, failed, locked) |
 | ``ls_space_sync_mirror_tasks_total`` | counter | source, target (of the push), change (created, updated, deleted) |
+| ``ls_space_sync_webhooks_enabled`` | gauge | none; 1 when ``server.webhook_secret`` is set (webhook endpoints on) |
 
 The pulls of a mirror pass count in ``ls_space_sync_runs_total`` with trigger ``mirror``. A mirror
 whose target the first pass creates is labelled ``target="new"``.
@@ -83,6 +84,9 @@ class Metrics:
                                      ["source", "target", "trigger", "outcome"], registry=r)
         self.mirror_tasks = Counter("ls_space_sync_mirror_tasks", "Tasks mirror pushes created, updated or deleted",
                                     ["source", "target", "change"], registry=r)
+        self.webhooks_enabled = Gauge("ls_space_sync_webhooks_enabled",
+                                      "1 if the webhook endpoints are on (server.webhook_secret set), else 0",
+                                      registry=r)
         r.register(_LagCollector(last_successes))
 
     def observe_run(self, result: RunResult, trigger: str) -> None:
@@ -118,6 +122,10 @@ class Metrics:
     def set_failures(self, project_id: int, failures: int) -> None:
         """Set the project's count of consecutive failed runs."""
         self.failures.labels(str(project_id)).set(failures)
+
+    def set_webhooks_enabled(self, enabled: bool) -> None:
+        """Record whether the webhook endpoints are on (the "webhook silent" alert needs it)."""
+        self.webhooks_enabled.set(1 if enabled else 0)
 
     def webhook_event(self, action: str | None) -> None:
         """Count an accepted webhook event."""
