@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from ls_space_sync.cli.options import pick_version, version_options
+from ls_space_sync.cli.options import echo_json, json_option, pick_version, version_options
 from ls_space_sync.errors import LsSpaceSyncError
 
 if TYPE_CHECKING:
@@ -98,6 +98,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
             "Run as a service: scheduled syncs of every project, plus /health, /metrics and /webhook."),
     "sql": ("ls_space_sync.cli.read:sql_command",
             "Run DuckDB SQL over the project datasets: each is a table named project_<id>."),
+    "status": ("ls_space_sync.cli.status:status_command",
+               "Show every project on one screen: last run, lag behind Label Studio, failures, tags."),
+    "completion": ("ls_space_sync.cli.status:completion_command",
+                   "Print the shell completion script for bash, zsh or fish."),
     "webhooks": ("ls_space_sync.cli.service:webhooks_command",
                  "Install or remove the project webhooks that make the daemon sync right after a change."),
 }
@@ -244,14 +248,23 @@ def runs(ctx: Context, project: int | None, limit: int, as_json: bool) -> None:
 
 @main.command()
 @click.option("--project", "-p", type=int, multiple=True, help="Project id (default: every stored project).")
+@json_option
 @pass_ctx
-def tags(ctx: Context, project: tuple[int, ...]) -> None:
-    """List each project's tagged versions with their time and change counts."""
+def tags(ctx: Context, project: tuple[int, ...], as_json: bool) -> None:
+    """List each project's tagged versions with their time and change counts.
+
+    With --json, one object per project: {"project", "uri", "tags": [{"tags", "version",
+    "timestamp", "rows", "run_id", "counts"}]}, oldest first.
+    """
     from ls_space_sync.store.dataset import stored_projects
 
     ids = list(project) or stored_projects(ctx.settings.resolved_store_root)
     for pid in ids:
         store = ctx.store(pid)
+        if as_json:
+            echo_json({"project": pid, "uri": store.uri,
+                       "tags": [{**v, "timestamp": v["timestamp"].isoformat()} for v in store.versions() if v["tags"]]})
+            continue
         click.echo(f"project {pid} ({store.uri}):")
         for v in store.versions():
             if not v["tags"]:

@@ -41,10 +41,11 @@ def parse_at(values: Iterable[str]) -> dict[int, str]:
               help="Write the result to a .csv, .json, .jsonl or .parquet file.")
 @click.option("--max-rows", default=40, show_default=True, help="Rows shown on the terminal.")
 @click.option("--show-query", is_flag=True, help="Print the query before its result.")
+@click.option("--json", "as_json", is_flag=True, help="Every row as one JSON object per line instead of a table.")
 @click.pass_obj
 def sql_command(obj: Any, query: str | None, example_name: str | None, project: int | None, tag: str | None,
                 version: int | None, as_of: str | None, at: tuple[str, ...], output: Path | None, max_rows: int,
-                show_query: bool) -> None:
+                show_query: bool, as_json: bool) -> None:
     """Run DuckDB SQL over the project datasets: each is a table named project_<id>.
 
     \b
@@ -54,7 +55,7 @@ def sql_command(obj: Any, query: str | None, example_name: str | None, project: 
     """
     import duckdb
 
-    from ls_space_sync.read.query import QueryError, example, run, write_result
+    from ls_space_sync.read.query import QueryError, example, run, to_arrow, write_result
 
     if example_name:
         if query or project is None:
@@ -75,6 +76,10 @@ def sql_command(obj: Any, query: str | None, example_name: str | None, project: 
         if output is not None:
             rows = write_result(con, relation, output)
             click.echo(f"wrote {rows} rows to {output}", err=True)
+        elif as_json:
+            for batch in to_arrow(relation).to_batches(1000):
+                for row in batch.to_pylist():
+                    echo_json(row)
         else:
             # On a terminal fit its width; piped, show every column.
             width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100_000
