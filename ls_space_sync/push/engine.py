@@ -558,6 +558,7 @@ class _Push:
         gone: list[tuple[dict[str, Any], Any, _Link]] = []
         reused: list[tuple[dict[str, Any], Any, _Link]] = []
         reread: dict[int, _Link] = {}
+        written: list[_Link] = []
         for task, stamp, link in items:
             cur = current.get(link.there_id)
             if cur is None or not self.owns(link, cur):
@@ -571,7 +572,12 @@ class _Push:
                 log.warning("task %s of project %s changed on both sides since the last push; the source wins "
                             "(the target's edit is in its own dataset if it was pulled)", cur["id"], self.target)
             ops, held = plan_task_ops(desired, cur)
-            apply_ops(self.client, cur["id"], ops)
+            try:
+                apply_ops(self.client, cur["id"], ops)
+            except BaseException:
+                self.forget_agreement(written, link, reread)
+                raise
+            written.append(link)
             if ops:
                 self.result.updated += 1
             else:
@@ -592,6 +598,21 @@ class _Push:
         if gone or reused:
             self.import_chunk([(t, s) for t, s, _ in gone + reused], replacing=[link for _, _, link in gone + reused])
         return len(items)
+
+    def forget_agreement(self, written: list[_Link], failed: _Link, reread: dict[int, _Link]) -> None:
+        """Save the links of a chunk whose writes stopped at ``failed`` (a request failed, perhaps
+        after the server applied it), before the error goes on.
+
+        What the failed task's target holds is unknown now, and so is that of a task whose
+        ``ground_truth`` write is not read back yet: their links forget the content both sides
+        agreed on (``content_hash`` and stamp ``None``), so the next push compares those rows with
+        the server instead of taking a row that went back to the old content for an echo of the
+        last push. The tasks written before keep what they reached.
+        """
+        unknown = [failed, *reread.values()]
+        for link in unknown:
+            link.here_stamp, link.content_hash, link.dirty = None, None, True
+        self.save(list({id(link): link for link in [*written, *unknown]}.values()))
 
     def delete_gone(self, present: set[tuple[int, int]]) -> None:
         """Delete target tasks whose linked source rows are gone from the version (hard deletes).
