@@ -79,6 +79,10 @@ class ServerSettings(_Section):
     debounce_seconds: float = Field(default=2.0, ge=0)
     max_body_bytes: int = Field(default=5_000_000, gt=0)
     public_url: str | None = None
+    # A bearer token for GET /, /health and /metrics (``Authorization: Bearer <token>``, or Basic
+    # auth with it as the password, so a browser can open the status page); None: open.
+    # Webhooks keep their header secret and the ML-backend routes their path secret.
+    auth: SecretStr | None = None
 
 
 class ScheduleSettings(_Section):
@@ -198,7 +202,7 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
         if not path:
             continue
-        secret = path[-1] in {"api_key", "webhook_secret"}
+        secret = path[-1] in {"api_key", "webhook_secret", "auth"}
         _set_path(out, path, raw if secret else yaml.safe_load(raw))
     return out
 

@@ -54,8 +54,10 @@ def health_report(daemon: DaemonView) -> dict[str, Any]:
 
     Returns:
         ``{"status": "UP", "model_class", "started_at", "webhooks": "on"|"off", "projects": {id:
-        {"last_run", "last_success_at", "seconds_since_success", "consecutive_failures",
-        "next_run_at", "mirrors": keys of the pairs whose pass pulls it}}, "mirrors": {key:
+        {"last_run": {"run_id", "status", "trigger", "started_at", "finished_at", "tag", "version",
+        "error", "inserted", "updated", "deleted", "duration_seconds"} | None, "last_success_at",
+        "seconds_since_success", "consecutive_failures", "next_run_at", "mirrors": keys of the
+        pairs whose pass pulls it}}, "mirrors": {key:
         {"source", "target", "both_ways", "last_pass": {"at", "quiet", "versions", "moved"} | None,
         "consecutive_failures", "last_error", "next_run_at"}}}``. A project a mirror pass pulls
         reports the pass's failures and next run.
@@ -75,6 +77,8 @@ def health_report(daemon: DaemonView) -> dict[str, Any]:
                 "started_at": run.started_at.isoformat(),
                 "finished_at": run.finished_at.isoformat() if run.finished_at else None,
                 "tag": run.tag, "version": run.version, "error": run.error,
+                "inserted": run.inserted, "updated": run.updated, "deleted": run.deleted,
+                "duration_seconds": run.duration_seconds,
             },
             "last_success_at": success.isoformat() if success else None,
             "seconds_since_success": round((now - success).total_seconds(), 3) if success else None,

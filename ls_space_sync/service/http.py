@@ -3,7 +3,8 @@ and ``ls-space-sync run``, which serves them together with the daemon (:func:`se
 
 | endpoint | what |
 |---|---|
-| ``GET /health`` (and ``GET /``) | 200, ``{"status": "UP", "projects": {id: last run, lag, failures, next poll}}`` |
+| ``GET /`` | the status page (``status.py``) when ``Accept`` prefers ``text/html``, else what ``/health`` answers |
+| ``GET /health`` | 200, ``{"status": "UP", "projects": {id: last run, lag, failures, next poll}}`` |
 | ``GET /metrics`` | Prometheus metrics (see ``metrics.py``) |
 | ``POST /webhook`` | Label Studio webhook events; the secret in header ``server.webhook_header`` |
 | ``POST /setup``, ``POST /predict``, ``GET /versions`` | ML-backend protocol: a model that predicts nothing |
@@ -16,8 +17,10 @@ later, or the pass of the mirror pair that pulls it (debounced, see :meth:`Daemo
 scheduled polls still run and catch what a lost webhook missed (Label Studio sends each once,
 with a 1 s timeout).
 
-Authentication: ``POST /webhook`` needs ``server.webhook_secret`` in the ``server.webhook_header``
-header (``ls-space-sync webhooks install`` sets it), compared in constant time; a wrong or missing
+Authentication: with ``server.auth`` set, ``GET /``, ``/health`` and ``/metrics`` need it as a
+Bearer token (or a Basic password, for browsers; ``auth.py``). ``POST /webhook`` needs
+``server.webhook_secret`` in the ``server.webhook_header`` header (``ls-space-sync webhooks
+install`` sets it), compared in constant time; a wrong or missing
 one gets 401. Label Studio cannot add headers to the webhook it creates for an ML backend, so the
 ML-backend URL carries the secret as its path instead: ``<public url>/ml/<secret>``. With no
 secret configured the webhook endpoints answer 404 and only polls run: an open endpoint would let
@@ -38,15 +41,25 @@ import time
 from typing import Any, Callable
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ls_space_sync.errors import Terminal
+from ls_space_sync.service.auth import token_guard
 from ls_space_sync.service.daemon import Daemon
+from ls_space_sync.service.status import ProjectTitles, build_status, prefers_html, render_status
 from ls_space_sync.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The page shows errors and titles from outside: no script may run, nothing may frame it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+    "Vary": "Accept",
+}
 
 # Events that can change what a project's dataset holds. Label Studio sends no event for
 # predictions, drafts or task data edits: the polls catch those.
@@ -131,12 +144,22 @@ def create_app(daemon: Daemon) -> FastAPI:
         log.info("webhook request rejected: %d %s", exc.status, exc.reason)  # never the path: it may hold the secret
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
-    @app.get("/")
-    @app.get("/health")
+    # server.auth guards what reads the daemon's state; webhooks and /ml/ keep their secrets.
+    guarded = [Depends(token_guard(app, cfg.auth.get_secret_value() if cfg.auth is not None else None))]
+    titles = ProjectTitles(daemon.settings)
+
+    @app.get("/", dependencies=guarded)
+    def root(request: Request) -> Response:
+        # Label Studio's ML-backend check and curl get the health JSON; a browser gets the page.
+        if prefers_html(request.headers.get("accept")):
+            return HTMLResponse(render_status(build_status(daemon, titles), version), headers=PAGE_HEADERS)
+        return JSONResponse(daemon.health(), headers={"Vary": "Accept"})
+
+    @app.get("/health", dependencies=guarded)
     def health() -> dict[str, Any]:
         return daemon.health()
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=guarded)
     def metrics() -> Response:
         body, content_type = daemon.metrics.render()
         return Response(body, media_type=content_type)
