@@ -87,6 +87,9 @@ def test_a_connected_project_shows_its_annotations_at_a_tag(tmp_path, label_stud
         got = predictions_of(ls_client, source, "run-000001")
         assert got == {tid: results for tid, results in expected.items() if results}
         assert t4 not in got  # annotated only after the tag
+        # Asked again, Label Studio skips tasks that have a prediction of this model version: no duplicates.
+        retrieve_predictions(ls_client, source)
+        assert predictions_of(ls_client, source, "run-000001") == got
 
         # The push target: the same annotations, on its own task ids.
         ls_client.ml.create(project=target, url=f"{base}/tag/run-000001", title="source run-000001",
