@@ -28,12 +28,12 @@ HERE = Path(__file__).resolve().parent
 SERVER_BENCHES = ["first_sync", "poll", "incremental"]
 LOCAL_BENCHES = ["store"]
 # Owned by other engineers; run as `python bench/<name>.py [--tasks N] [--out DIR]` if present.
-SCRIPT_BENCHES = ["push_throughput", "diff_compaction", "daemon_idle", "startup"]
+SCRIPT_BENCHES = ["push_throughput", "diff_compaction", "daemon_idle", "startup", "history"]
 # The --tasks each gets from ours (None: its own default): the push is measured on 10,000 tasks
 # (issue 5); the daemon's --tasks means tasks per project.
 SCRIPT_TASKS: dict[str, Callable[[int], int] | None] = {
     "push_throughput": lambda n: min(n, 10_000), "diff_compaction": lambda n: n, "daemon_idle": None,
-    "startup": None}  # startup's --tasks: each of its small projects
+    "startup": None, "history": None}  # startup's --tasks: each of its small projects; history: 2,000
 ALL = SERVER_BENCHES + LOCAL_BENCHES + SCRIPT_BENCHES
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = [
     "open_dataset", "read_tasks", "connect", "sql", "version_diff", "export_version",
-    "to_hf_dataset", "torch_iterable", "compact", "project_store",
+    "to_hf_dataset", "torch_iterable", "compact", "project_store", "task_history", "config_history",
 ]
 
 

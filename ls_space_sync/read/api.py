@@ -6,6 +6,7 @@
     ds.to_table(columns=["id", "updated_at"], filter="is_labeled")
     lss.sql("SELECT count(*) FROM project_3")            # a pyarrow.Table
     lss.version_diff(3, "run-000001", "run-000002").counts  # {"inserted": 2, "updated": 5, "deleted": 1}
+    lss.task_history(3, 42).entries                      # every version that changed task 42
     lss.to_hf_dataset(3, regions=True)                   # datasets.Dataset, one row per region
     lss.torch_iterable(3, tag="run-000002")              # torch IterableDataset of task JSON
 
@@ -52,6 +53,7 @@ from ls_space_sync.model.refs import Ref, from_options
 from ls_space_sync.read import export as _export
 from ls_space_sync.read import query as _query
 from ls_space_sync.read.diff import VersionDiff, diff_versions, open_ref
+from ls_space_sync.read.history import ConfigChange, TaskHistory
 from ls_space_sync.settings import Settings, load_settings
 from ls_space_sync.store.compaction import CompactionReport, compact_project
 from ls_space_sync.store.dataset import ProjectStore, check_filter
@@ -175,6 +177,41 @@ def version_diff(
     """Tasks inserted, updated and deleted from ``old`` to ``new`` (refs: tag, version, ``@time``;
     ``new`` default latest), with annotation/prediction changes of updated tasks."""
     return diff_versions(project_store(project, settings=settings, data_dir=data_dir), old, new, details=details)
+
+
+def task_history(
+    project: int, task: int | None = None, settings: Settings | None = None, *, annotation_id: int | None = None,
+    data_dir: str | Path | None = None,
+) -> TaskHistory:
+    """Every stored version that changed a task (or, with ``annotation_id``, one annotation), oldest
+    first: version, tag, run, time (UTC) and what changed, by whom. ``task`` may be left out with
+    ``annotation_id``: the annotation's task in the latest version is used.
+
+    Raises:
+        StoreError: the project has no dataset. UnknownTask: no stored version holds the task or annotation.
+    """
+    from ls_space_sync.read import history as _history
+
+    store = project_store(project, settings=settings, data_dir=data_dir)
+    if task is None:
+        if annotation_id is None:
+            raise ValueError("give task or annotation_id")
+        task = _history.find_annotation_task(store, int(annotation_id))
+    return _history.task_history(store, int(task), annotation_id=annotation_id)
+
+
+def config_history(
+    project: int, settings: Settings | None = None, *, data_dir: str | Path | None = None,
+) -> list[ConfigChange]:
+    """The label config's changes across a project's stored versions, oldest first, each with a
+    unified diff from the config before.
+
+    Raises:
+        StoreError: the project has no dataset.
+    """
+    from ls_space_sync.read import history as _history
+
+    return _history.config_history(project_store(project, settings=settings, data_dir=data_dir))
 
 
 def export_version(

@@ -241,29 +241,28 @@ def _changed_keys(old: str | None, new: str | None) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k != "__absent__" and a.get(k) != b.get(k))
 
 
+def row_update(a: dict[str, Any], b: dict[str, Any]) -> TaskUpdate:
+    """Describe what changed from stored row ``a`` to stored row ``b`` of one task (``Table.to_pylist()`` dicts)."""
+    fields = []
+    for c in b:
+        if c in _SKIP_FIELDS or c not in a or a[c] == b[c]:
+            continue
+        if c == "extra":  # name the task keys that differ, not the JSON column that holds them
+            fields += _changed_keys(a[c], b[c])
+        else:
+            fields.append("data" if c == "data_json" else c)
+    return TaskUpdate(
+        id=b["id"],
+        fields=fields,
+        annotations=item_changes(a.get("annotations"), b.get("annotations")),
+        predictions=item_changes(a.get("predictions"), b.get("predictions")),
+    )
+
+
 def task_updates(old: lance.LanceDataset, new: lance.LanceDataset, ids: Sequence[int]) -> list[TaskUpdate]:
     """Load the rows of ``ids`` from both versions and describe what changed in each task."""
     before, after = _rows_by_id(old, ids), _rows_by_id(new, ids)
-    out = []
-    for task_id in ids:
-        a, b = before[task_id], after[task_id]
-        fields = []
-        for c in b:
-            if c in _SKIP_FIELDS or c not in a or a[c] == b[c]:
-                continue
-            if c == "extra":  # name the task keys that differ, not the JSON column that holds them
-                fields += _changed_keys(a[c], b[c])
-            else:
-                fields.append("data" if c == "data_json" else c)
-        out.append(
-            TaskUpdate(
-                id=task_id,
-                fields=fields,
-                annotations=item_changes(a.get("annotations"), b.get("annotations")),
-                predictions=item_changes(a.get("predictions"), b.get("predictions")),
-            )
-        )
-    return out
+    return [row_update(before[task_id], after[task_id]) for task_id in ids]
 
 
 def diff_versions(
