@@ -15,12 +15,40 @@ failed, 2 usage or configuration error); it never prints a traceback for these.
 
 from __future__ import annotations
 
+# Secrets known to this process (API keys, webhook secrets, tokens): masked in every error message
+# and log line. Kept here, at the bottom layer, so that every error can mask itself.
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` (4 characters or more) in every error message and log line from now on."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def mask(text: str) -> str:
+    """Replace every registered secret in ``text`` with ``***``."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
 
 class LsSpaceSyncError(Exception):
-    """The root of this package's errors. ``exit_code`` is what the CLI exits with."""
+    """The root of this package's errors. ``exit_code`` is what the CLI exits with.
+
+    Its text never holds a registered secret (:func:`register_secret`), even where a server's
+    answer echoed one: the message is masked when it is made and again when it is shown.
+    """
 
     exit_code: int = 1
     retriable: bool = False
+
+    def __init__(self, *args: object):
+        super().__init__(*(mask(a) if isinstance(a, str) else a for a in args))
+
+    def __str__(self) -> str:
+        return mask(super().__str__())
 
 
 class Retriable(LsSpaceSyncError):

@@ -11,25 +11,10 @@ from typing import Iterator
 
 from pythonjsonlogger.json import JsonFormatter
 
+from ls_space_sync.errors import _secrets, mask, register_secret  # noqa: F401 - register_secret: its old home
+
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _project: contextvars.ContextVar[int | None] = contextvars.ContextVar("project", default=None)
-_secrets: set[str] = set()
-
-
-def register_secret(value: str | None) -> None:
-    """Mask ``value`` in every log line from now on (API keys, webhook secrets)."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
-
-
-def mask(text: str) -> str:
-    """Replace every registered secret in ``text`` with ``***``."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
-
-
 @contextlib.contextmanager
 def run_context(run_id: str | None = None, project: int | None = None) -> Iterator[None]:
     """Stamp ``run_id`` and ``project`` on every log record emitted inside the block (per thread/task)."""

@@ -195,6 +195,7 @@ class LabelStudioClient:
         self._retries = retries
         self._max_wait = max_wait
         self._api_key = api_key
+        register_secret(api_key)  # never in a message, even where the server's answer echoes it
         self._timeout = timeout
         self._http = httpx_client or httpx.Client(timeout=timeout, follow_redirects=True)
         self._http.event_hooks.setdefault("request", []).append(self._count)

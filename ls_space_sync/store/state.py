@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from ls_space_sync.errors import Terminal
+from ls_space_sync.errors import Terminal, mask
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,8 @@ class StateDB:
                 raise KeyError(run_id)
             run.status = status
             run.finished_at = fields.pop("finished_at", None) or utcnow()
+            if isinstance(fields.get("error"), str):
+                fields["error"] = mask(fields["error"])  # a server may echo a token in its error body
             for key, value in fields.items():
                 setattr(run, key, value)
         return run
