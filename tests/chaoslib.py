@@ -428,7 +428,13 @@ def push_differences(rows: list[dict], target: dict[int, dict]) -> list[str]:
     changed = [sid for sid in sorted(set(source) & set(by_origin))
                if any(content(t) != content(source[sid]) for t in by_origin[sid])]
     if changed:
-        problems.append(f"target tasks whose content differs from their source row: source ids {_ids(changed)}")
+        detail = []
+        for sid in changed[:2]:
+            want, have = json.loads(content(source[sid])), json.loads(content(by_origin[sid][0]))
+            parts = [f"{k}: source {str(want[k])[:300]} target {str(have[k])[:300]}" for k in want if want[k] != have[k]]
+            detail.append(f"source {sid} -> target {by_origin[sid][0]['id']}: " + "; ".join(parts))
+        problems.append(f"target tasks whose content differs from their source row: source ids {_ids(changed)} "
+                        f"({' | '.join(detail)})")
     return problems
 
 

@@ -147,6 +147,13 @@ class Event:
     status: int | None = None  # what the client was sent (None: nothing, the connection closed)
     upstream_status: int | None = None
     finished: float | None = None
+    body: bytes = b""  # the request's body (its first 4 kB)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "pass": self.label, "method": self.method, "target": self.target,
+                "endpoint": self.endpoint, "index": self.index, "fault": str(self.fault) if self.fault else None,
+                "status": self.status, "upstream_status": self.upstream_status,
+                "body": self.body.decode("utf-8", "replace")}
 
     def describe(self) -> str:
         path = urlsplit(self.target).path
@@ -279,7 +286,7 @@ class FaultProxy:
         self.echo_token = echo_token
         self.blocked = False  # answer every request 503 without forwarding (a maintenance window)
         self.events: list[Event] = []
-        self.label = "-"
+        self.label = self.key = "-"
         self._counts: dict[tuple[str, str], int] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -324,10 +331,12 @@ class FaultProxy:
 
     # --- what happened ----------------------------------------------------------------------
 
-    def set_pass(self, label: str) -> None:
-        """Name the pass the next requests belong to (fault decisions and records use it)."""
+    def set_pass(self, label: str, key: str | None = None) -> None:
+        """Name the pass the next requests belong to (records use ``label``; fault decisions use
+        ``key``, default ``label``: keep it free of ids that differ between runs)."""
         with self._cond:
             self.label = label
+            self.key = label if key is None else key
 
     def faults(self, label: str | None = None) -> list[Event]:
         """The requests that got a fault (of one pass, or all)."""
@@ -365,16 +374,23 @@ class FaultProxy:
 
     # --- the request path -----------------------------------------------------------------
 
-    def _record(self, method: str, target: str) -> Event:
+    def dump(self, path: Any) -> None:
+        """Write every request (pass, endpoint, fault, status, body) as JSON lines, for a replay."""
+        with open(path, "w") as f:
+            for e in self.requests():
+                f.write(json.dumps(e.as_dict()) + "\n")
+
+    def _record(self, method: str, target: str, body: bytes) -> Event:
         endpoint = endpoint_of(method, target)
         with self._cond:
             label = self.label
             index = self._counts.get((label, endpoint), 0)
             self._counts[(label, endpoint)] = index + 1
-            fault = None if self.blocked else self.schedule.decide(label, endpoint, index, method)
+            fault = None if self.blocked else self.schedule.decide(self.key, endpoint, index, method)
             if self.blocked:
                 fault = Fault("blocked_503", "pre")
-            event = Event(len(self.events) + 1, label, method, target, endpoint, index, fault, time.monotonic())
+            event = Event(len(self.events) + 1, label, method, target, endpoint, index, fault, time.monotonic(),
+                          body=body[:4096])
             self.events.append(event)
             self._cond.notify_all()
         return event
@@ -387,7 +403,7 @@ class FaultProxy:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
-        event = self._record(h.command, h.path)
+        event = self._record(h.command, h.path, body)
         fault = event.fault
         status: int | None = None
         try:
