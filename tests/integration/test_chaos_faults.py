@@ -21,16 +21,32 @@ import os
 import random
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from label_studio_sdk import LabelStudio
 
+from ls_space_sync.state import utcnow
 from tests.chaoslib import (
-    Result, StoreState, Zygote, error_message, push_differences, running_runs, server_tasks, store_differences,
-    store_state, stored_tasks, sync_line, target_duplicates, unclear, write_config,
+    Result,
+    Server,
+    StoreState,
+    Zygote,
+    choice,
+    error_message,
+    make_tasks,
+    mutate,
+    push_differences,
+    running_runs,
+    store_differences,
+    store_state,
+    stored_tasks,
+    sync_line,
+    target_duplicates,
+    unclear,
+    write_config,
 )
 from tests.faultproxy import KINDS, FaultProxy, NoFaults, RandomSchedule, Script
 
@@ -42,109 +58,12 @@ HANG = 2.6  # a hang outlasts it
 VERBOSE = bool(os.environ.get("CHAOS_VERBOSE"))
 BROKEN = ("body_null", "body_list", "body_empty_dict", "body_no_key", "truncated_json", "non_json")
 
-LABEL_CONFIG = """<View>
-  <Text name="text" value="$text"/>
-  <Choices name="sentiment" toName="text"><Choice value="pos"/><Choice value="neg"/><Choice value="mixed"/></Choices>
-</View>"""
-
-
-def choice(value: str) -> list[dict]:
-    return [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [value]}}]
-
-
-def make_tasks(rng: random.Random, n: int, start: int = 0) -> list[dict]:
-    out = []
-    for i in range(start, start + n):
-        task: dict = {"data": {"text": f"review {i}: {rng.choice(['great', 'awful', 'fine', 'odd'])}"},
-                      "meta": {"batch": i % 3}}
-        if rng.random() < 0.6:
-            task["annotations"] = [{"result": choice(rng.choice(["pos", "neg"])), "lead_time": round(rng.random(), 3)}]
-        if rng.random() < 0.5:
-            task["predictions"] = [{"result": choice("mixed"), "score": round(rng.random(), 3), "model_version": "m1"}]
-        out.append(task)
-    return out
-
-
-class Server:
-    """Direct access to the session's Label Studio (never through the proxy): the SDK and the views."""
-
-    def __init__(self, label_studio):
-        self.url, self.key = label_studio.url, label_studio.api_key
-        self.http = httpx.Client(timeout=120, trust_env=False)
-        self.sdk = LabelStudio(base_url=self.url, api_key=self.key, timeout=120, httpx_client=self.http)
-        self.created: list[int] = []
-
-    def project(self, tasks: list[dict], title: str) -> int:
-        pid = self.sdk.projects.create(title=title, label_config=LABEL_CONFIG).id
-        self.created.append(pid)
-        for start in range(0, len(tasks), 200):
-            self.sdk.projects.import_tasks(id=pid, request=tasks[start:start + 200], return_task_ids=True)
-        return pid
-
-    def tasks(self, pid: int, raw: bool = False) -> dict[int, dict]:
-        return server_tasks(self.url, self.key, pid, raw=raw)
-
-    def close(self) -> None:
-        for pid in self.created:
-            try:
-                self.sdk.projects.delete(id=pid)
-            except Exception:  # noqa: BLE001 - cleanup only
-                pass
-        self.http.close()
-
-
-def mutate(server: Server, pid: int, rng: random.Random, n: int) -> list[str]:
-    """``n`` random changes to a project, each of a kind a sync must see (all move ``updated_at``
-    or the task count): imports, deletes (the newest task too: SQLite reuses its id), annotations
-    created / updated / deleted, predictions created, task data edited. Returns what was done."""
-    done = []
-    tasks = server.tasks(pid, raw=True)
-    annotations = {i: [a["id"] for a in t["annotations"]] for i, t in tasks.items()}
-    for _ in range(n):
-        ids = sorted(annotations)
-        op = rng.choices(["import", "delete", "ann_create", "ann_update", "ann_delete", "pred_create", "patch"],
-                         [2, 1, 3, 2, 1, 2, 2])[0]
-        if op == "import" or len(ids) < 10:
-            new = make_tasks(rng, rng.randint(1, 3), start=rng.randint(1000, 9999))
-            got = server.sdk.projects.import_tasks(id=pid, request=new, return_task_ids=True).task_ids
-            annotations.update((i, None) for i in got)  # None: not known here
-            done.append(f"imported {len(new)} tasks")
-            continue
-        task_id = rng.choice(ids)
-        if annotations[task_id] is None:
-            annotations[task_id] = [a["id"] for a in server.sdk.tasks.get(id=task_id).annotations or []]
-        mine = annotations[task_id]
-        if op == "delete":
-            victim = ids[-1] if rng.random() < 0.4 else task_id
-            server.sdk.tasks.delete(id=victim)
-            annotations.pop(victim)
-            done.append(f"deleted task {victim}")
-        elif op == "ann_create" or (op in ("ann_update", "ann_delete") and not mine):
-            a = server.sdk.annotations.create(id=task_id, result=choice(rng.choice(["pos", "neg", "mixed"])))
-            mine.append(a.id)
-            done.append(f"annotated task {task_id}")
-        elif op == "ann_update":
-            server.sdk.annotations.update(id=mine[0], result=choice(rng.choice(["pos", "neg", "mixed"])))
-            done.append(f"updated annotation {mine[0]} of task {task_id}")
-        elif op == "ann_delete":
-            gone = mine.pop()
-            server.sdk.annotations.delete(id=gone)
-            done.append(f"deleted annotation {gone} of task {task_id}")
-        elif op == "pred_create":
-            server.sdk.predictions.create(task=task_id, result=choice("pos"), score=round(rng.random(), 3),
-                                          model_version=rng.choice(["m1", "m2"]))
-            done.append(f"predicted task {task_id}")
-        else:
-            server.sdk.tasks.update(id=task_id, data={"text": f"edited {rng.randint(0, 10**6)}"})
-            done.append(f"edited the data of task {task_id}")
-    return done
-
-
 class Bench:
     """One chaos setup: a proxy, a CLI zygote, a config and data dir, and the judging of passes."""
 
     def __init__(self, server: Server, proxy: FaultProxy, zygote: Zygote, workdir: Path, projects,
-                 problems: list[str] | None = None, **cfg):
+                 problems: list[str] | None = None, sections: dict | None = None):
+        cfg = sections or {}
         self.server, self.proxy, self.zygote = server, proxy, zygote
         workdir.mkdir(parents=True, exist_ok=True)
         self.data = workdir / "data"
@@ -242,7 +161,7 @@ class Bench:
         if after != before:
             self.fail(label, result, f"a push moved the source store from {before} to {after}")
         target_tasks = self.server.tasks(target, raw=True)
-        done = re.search(rf"^push project {source} v(\d+) -> project {target}", result.stdout, re.M)
+        done = re.search(rf"^push project {source} v(\d+) -> project {target}", result.stdout, re.MULTILINE)
         if result.rc == 0:
             self.stats["push ok"] += 1
             if not done:
@@ -479,3 +398,134 @@ def _by_endpoint(proxy: FaultProxy) -> dict[str, int]:
     for e in proxy.faults():
         out[e.endpoint] = out.get(e.endpoint, 0) + 1
     return dict(sorted(out.items()))
+
+
+# --- the daemon ---------------------------------------------------------------------------------
+
+def test_the_daemon_under_random_faults(server, proxy, zygote, tmp_path):
+    """``ls-space-sync run`` (``projects: all``, a poll every second) through the proxy with random
+    faults, in rounds: the proxy answers 503 while the test changes the project (so no run sees half
+    a change), then lets the faults through for a few seconds. Every version the daemon commits in
+    a round must be the server's state of that round, ``/health`` must keep answering and keep the
+    project, and once the faults stop the store becomes exact; SIGTERM then ends the daemon with 0."""
+    from sqlalchemy import select
+
+    from ls_space_sync.localserver import free_port
+    from ls_space_sync.state import StateDB, SyncRun
+
+    rng = random.Random(SEED + 7)
+    pid = server.project(make_tasks(rng, 30), "chaos: the daemon")
+    port = free_port()
+    bench = Bench(server, proxy, zygote, tmp_path, "all", sections={
+        "sync": {"interval_seconds": 1}, "server": {"port": port}, "compaction": {"interval_seconds": None},
+        "scheduler": {"jitter_seconds": 0, "max_backoff_seconds": 2, "shutdown_timeout_seconds": 20}})
+    proxy.schedule = RandomSchedule(f"{SEED}-daemon", rate=0.2, weights=WEIGHTS)
+    proxy.set_pass("daemon")
+    daemon = zygote.spawn(["--config", str(bench.config), "run"], bench.env)
+    health_url = f"http://127.0.0.1:{port}/health"
+    problems = bench.problems
+    db = StateDB(bench.state_url)
+
+    def runs_of(project: int) -> list:
+        with db.Session() as s:
+            return list(s.scalars(select(SyncRun).where(SyncRun.project_id == project, SyncRun.kind == "pull")))
+
+    def health() -> dict | None:
+        try:
+            resp = httpx.get(health_url, timeout=5, trust_env=False)
+            return resp.json() if resp.status_code == 200 else {"status_code": resp.status_code}
+        except httpx.HTTPError:
+            return None
+
+    try:
+        deadline = time.monotonic() + 60
+        while health() is None and time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.2)
+        assert health() is not None, f"the daemon did not serve /health:\n{daemon.result(-1).tail()}"
+        deadline = time.monotonic() + 30  # until a project list got through the faults
+        while str(pid) not in (health() or {}).get("projects", {}) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert str(pid) in (health() or {}).get("projects", {}), \
+            f"the daemon never listed project {pid} in 30 s:\n{daemon.result(-1).tail()}"
+        rounds = 3
+        for r in range(1, rounds + 1):
+            proxy.blocked = True  # every request 503, not forwarded: runs fail fast and clearly
+            deadline = time.monotonic() + 30
+            while any(x.status == "running" for x in runs_of(pid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            changes = mutate(server, pid, rng, rng.randint(2, 4))
+            snapshot = server.tasks(pid)
+            opened = utcnow()
+            proxy.set_pass(f"daemon round {r}")
+            proxy.blocked = False
+            end = time.monotonic() + 6
+            seen = set()
+            while time.monotonic() < end:
+                report_ = health()
+                if report_ is None or "projects" not in report_:
+                    seen.add(f"round {r}: GET /health answered {report_!r}")
+                elif str(pid) not in report_["projects"]:
+                    seen.add(f"round {r}: the daemon dropped project {pid} from its schedule (/health lists "
+                             f"{sorted(report_['projects'])})\n  faults so far in this round:\n"
+                             f"{proxy.describe(f'daemon round {r}')}")
+                time.sleep(0.5)
+            problems.extend(sorted(seen))
+            proxy.blocked = True
+            deadline = time.monotonic() + 30
+            while any(x.status == "running" for x in runs_of(pid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for run in runs_of(pid):
+                if run.started_at < opened or run.version is None or run.status != "succeeded":
+                    continue
+                diffs = store_differences(stored_tasks(bench.root, pid, run.version), snapshot)
+                if diffs:
+                    bench.stats["mismatches"] += 1
+                    problems.append(f"daemon round {r} (after: {'; '.join(changes)}): run {run.run_id} succeeded "
+                                    f"with v{run.version}, which is not the server: " + "; ".join(diffs)
+                                    + f"\n  faults in this round:\n{proxy.describe(f'daemon round {r}')}")
+        proxy.schedule = NoFaults()
+        proxy.set_pass("daemon, no faults")
+        proxy.blocked = False
+        deadline = time.monotonic() + 30
+        diffs = ["not synced yet"]
+        while diffs and time.monotonic() < deadline:
+            time.sleep(1)
+            store = bench.root / f"project-{pid}.lance"
+            diffs = store_differences(stored_tasks(bench.root, pid), server.tasks(pid)) if store.exists() else [
+                "no dataset"]
+        if diffs:
+            problems.append("30 s after the faults stopped the daemon's store is not the server: " + "; ".join(diffs))
+    finally:
+        if daemon.poll() is None:
+            os.kill(daemon.pid, signal.SIGTERM)
+        result = daemon.wait(60)
+        db.dispose()
+    if result.rc != 0:
+        problems.append(f"SIGTERM: the daemon exited {result.rc}:\n{result.tail()}")
+    for line in result.output.splitlines():
+        if "Traceback" in line or "unexpected error" in line:
+            problems.append(f"the daemon logged {line.strip()[:300]!r}")
+            break
+    left = running_runs(bench.state_url)
+    if left:
+        problems.append(f"the daemon left runs marked running: {[x.run_id for x in left]}")
+    passes = [x for x in runs_of_all(bench.state_url) if x.project_id == pid]
+    faults = proxy.fault_counts()
+    report("daemon", rounds=rounds, runs=len(passes), succeeded=sum(x.status == "succeeded" for x in passes),
+           skipped=sum(x.status == "skipped" for x in passes), failed=sum(x.status == "failed" for x in passes),
+           requests=len(proxy.requests()), faults=sum(faults.values()), by_kind=faults,
+           mismatches=bench.stats["mismatches"], problems=len(problems))
+    assert_no_problems(problems)
+
+
+def runs_of_all(state_url: str) -> list:
+    from sqlalchemy import select
+
+    from ls_space_sync.state import StateDB, SyncRun
+
+    db = StateDB(state_url)
+    try:
+        with db.Session() as s:
+            return list(s.scalars(select(SyncRun).where(SyncRun.kind == "pull")))
+    finally:
+        db.dispose()
