@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
-import select
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
+from label_studio_sdk import LabelStudio
 
 from ls_space_sync.labelstudio import CORE_TASK_FIELDS
 from ls_space_sync.records import VOLATILE_KEYS, table_to_tasks
@@ -144,7 +146,7 @@ class Result:
 class Child:
     """A running CLI process started by a :class:`Zygote`."""
 
-    def __init__(self, zygote: "Zygote", pid: int, argv: list[str], out: Path, err: Path):
+    def __init__(self, zygote: Zygote, pid: int, argv: list[str], out: Path, err: Path):
         self.zygote, self.pid, self.argv, self.out, self.err = zygote, pid, argv, out, err
         self.started = time.monotonic()
 
@@ -255,7 +257,7 @@ def run_real(argv: list[str], env: dict[str, str], timeout: float = 120) -> Resu
     """``python -m ls_space_sync *argv`` as an ordinary process (startup ~3 s)."""
     started = time.monotonic()
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    proc = subprocess.run([sys.executable, "-m", "ls_space_sync", *argv], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "ls_space_sync", *argv], capture_output=True, text=True, check=False,
                           timeout=timeout, env=full_env)
     return Result(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
@@ -263,8 +265,9 @@ def run_real(argv: list[str], env: dict[str, str], timeout: float = 120) -> Resu
 def popen_real(argv: list[str], env: dict[str, str], out: Path) -> subprocess.Popen:
     """Start ``python -m ls_space_sync *argv``; stdout and stderr go to ``out`` (.out / .err)."""
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    return subprocess.Popen([sys.executable, "-m", "ls_space_sync", *argv], env=full_env,
-                            stdout=open(f"{out}.out", "wb"), stderr=open(f"{out}.err", "wb"))
+    with open(f"{out}.out", "wb") as stdout, open(f"{out}.err", "wb") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "ls_space_sync", *argv], env=full_env, stdout=stdout,
+                                stderr=stderr)
 
 
 def write_config(path: Path, url: str, data_dir: Path, projects: Any, *, timeout: float = 2.5, retries: int = 1,
@@ -428,7 +431,13 @@ def push_differences(rows: list[dict], target: dict[int, dict]) -> list[str]:
     changed = [sid for sid in sorted(set(source) & set(by_origin))
                if any(content(t) != content(source[sid]) for t in by_origin[sid])]
     if changed:
-        problems.append(f"target tasks whose content differs from their source row: source ids {_ids(changed)}")
+        detail = []
+        for sid in changed[:2]:
+            want, have = json.loads(content(source[sid])), json.loads(content(by_origin[sid][0]))
+            parts = [f"{k}: source {str(want[k])[:300]} target {str(have[k])[:300]}" for k in want if want[k] != have[k]]
+            detail.append(f"source {sid} -> target {by_origin[sid][0]['id']}: " + "; ".join(parts))
+        problems.append(f"target tasks whose content differs from their source row: source ids {_ids(changed)} "
+                        f"({' | '.join(detail)})")
     return problems
 
 
@@ -473,3 +482,105 @@ def error_message(result: Result) -> str | None:
         if line.startswith("error: "):
             return line[len("error: "):]
     return None
+
+
+# --- a project to break things on -------------------------------------------------------------
+
+LABEL_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Choices name="sentiment" toName="text"><Choice value="pos"/><Choice value="neg"/><Choice value="mixed"/></Choices>
+</View>"""
+
+
+def choice(value: str) -> list[dict]:
+    return [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [value]}}]
+
+
+def make_tasks(rng: random.Random, n: int, start: int = 0) -> list[dict]:
+    out = []
+    for i in range(start, start + n):
+        task: dict = {"data": {"text": f"review {i}: {rng.choice(['great', 'awful', 'fine', 'odd'])}"},
+                      "meta": {"batch": i % 3}}
+        if rng.random() < 0.6:
+            task["annotations"] = [{"result": choice(rng.choice(["pos", "neg"])), "lead_time": round(rng.random(), 3)}]
+        if rng.random() < 0.5:
+            task["predictions"] = [{"result": choice("mixed"), "score": round(rng.random(), 3), "model_version": "m1"}]
+        out.append(task)
+    return out
+
+
+class Server:
+    """Direct access to the session's Label Studio (never through the proxy): the SDK and the views."""
+
+    def __init__(self, label_studio):
+        self.url, self.key = label_studio.url, label_studio.api_key
+        self.http = httpx.Client(timeout=120, trust_env=False)
+        self.sdk = LabelStudio(base_url=self.url, api_key=self.key, timeout=120, httpx_client=self.http)
+        self.created: list[int] = []
+
+    def project(self, tasks: list[dict], title: str) -> int:
+        pid = self.sdk.projects.create(title=title, label_config=LABEL_CONFIG).id
+        self.created.append(pid)
+        for start in range(0, len(tasks), 200):
+            self.sdk.projects.import_tasks(id=pid, request=tasks[start:start + 200], return_task_ids=True)
+        return pid
+
+    def tasks(self, pid: int, raw: bool = False) -> dict[int, dict]:
+        return server_tasks(self.url, self.key, pid, raw=raw)
+
+    def close(self) -> None:
+        for pid in self.created:
+            try:
+                self.sdk.projects.delete(id=pid)
+            except Exception:  # noqa: BLE001 - cleanup only
+                pass
+        self.http.close()
+
+
+def mutate(server: Server, pid: int, rng: random.Random, n: int) -> list[str]:
+    """``n`` random changes to a project, each of a kind a sync must see (all move ``updated_at``
+    or the task count): imports, deletes (the newest task too: SQLite reuses its id), annotations
+    created / updated / deleted, predictions created, task data edited. Returns what was done."""
+    done = []
+    tasks = server.tasks(pid, raw=True)
+    annotations = {i: [a["id"] for a in t["annotations"]] for i, t in tasks.items()}
+    for _ in range(n):
+        ids = sorted(annotations)
+        op = rng.choices(["import", "delete", "ann_create", "ann_update", "ann_delete", "pred_create", "patch"],
+                         [2, 1, 3, 2, 1, 2, 2])[0]
+        if op == "import" or len(ids) < 10:
+            new = make_tasks(rng, rng.randint(1, 3), start=rng.randint(1000, 9999))
+            got = server.sdk.projects.import_tasks(id=pid, request=new, return_task_ids=True).task_ids
+            annotations.update((i, None) for i in got)  # None: not known here
+            done.append(f"imported {len(new)} tasks")
+            continue
+        task_id = rng.choice(ids)
+        if annotations[task_id] is None:
+            annotations[task_id] = [a["id"] for a in server.sdk.tasks.get(id=task_id).annotations or []]
+        mine = annotations[task_id]
+        if op == "delete":
+            victim = ids[-1] if rng.random() < 0.4 else task_id
+            server.sdk.tasks.delete(id=victim)
+            annotations.pop(victim)
+            done.append(f"deleted task {victim}")
+        elif op == "ann_create" or (op in ("ann_update", "ann_delete") and not mine):
+            a = server.sdk.annotations.create(id=task_id, result=choice(rng.choice(["pos", "neg", "mixed"])))
+            mine.append(a.id)
+            done.append(f"annotated task {task_id}")
+        elif op == "ann_update":
+            server.sdk.annotations.update(id=mine[0], result=choice(rng.choice(["pos", "neg", "mixed"])))
+            done.append(f"updated annotation {mine[0]} of task {task_id}")
+        elif op == "ann_delete":
+            gone = mine.pop()
+            server.sdk.annotations.delete(id=gone)
+            done.append(f"deleted annotation {gone} of task {task_id}")
+        elif op == "pred_create":
+            server.sdk.predictions.create(task=task_id, result=choice("pos"), score=round(rng.random(), 3),
+                                          model_version=rng.choice(["m1", "m2"]))
+            done.append(f"predicted task {task_id}")
+        else:
+            server.sdk.tasks.update(id=task_id, data={"text": f"edited {rng.randint(0, 10**6)}"})
+            done.append(f"edited the data of task {task_id}")
+    return done
+
+

@@ -38,9 +38,10 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -147,6 +148,13 @@ class Event:
     status: int | None = None  # what the client was sent (None: nothing, the connection closed)
     upstream_status: int | None = None
     finished: float | None = None
+    body: bytes = b""  # the request's body (its first 4 kB)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "pass": self.label, "method": self.method, "target": self.target,
+                "endpoint": self.endpoint, "index": self.index, "fault": str(self.fault) if self.fault else None,
+                "status": self.status, "upstream_status": self.upstream_status,
+                "body": self.body.decode("utf-8", "replace")}
 
     def describe(self) -> str:
         path = urlsplit(self.target).path
@@ -225,7 +233,7 @@ class Script(Schedule):
         for rule in self.rules:
             ep, idx, kind = rule[0], rule[1], rule[2]
             phase = rule[3] if len(rule) > 3 else allowed_phases(kind)[-1]
-            if ep == endpoint and (idx == "*" or idx == index):
+            if ep in ("*", endpoint) and (idx == "*" or idx == index):
                 return Fault(kind, phase)
         return None
 
@@ -265,7 +273,8 @@ class FaultProxy:
         upstream: the Label Studio base URL.
         schedule: who decides the faults (default none); change it any time with :attr:`schedule`.
         hang_seconds: how long a ``hang`` holds the request (make it longer than the client's timeout).
-        delays: ``{endpoint: seconds}`` added before forwarding such requests (slow server).
+        delays: ``{endpoint: seconds}`` added before forwarding such requests (slow server); and
+            :attr:`holds` ``{endpoint: threading.Event}`` holds such requests until the event is set.
         echo_token: put the request's ``Authorization`` header in the body of injected 5xx answers
             (a gateway that echoes the request: tests that secrets are masked).
     """
@@ -278,8 +287,10 @@ class FaultProxy:
         self.delays = dict(delays or {})
         self.echo_token = echo_token
         self.blocked = False  # answer every request 503 without forwarding (a maintenance window)
+        # {endpoint: event}: such requests wait (at most 120 s) until the event is set, then go on
+        self.holds: dict[str, threading.Event] = {}
         self.events: list[Event] = []
-        self.label = "-"
+        self.label = self.key = "-"
         self._counts: dict[tuple[str, str], int] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -289,15 +300,19 @@ class FaultProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 proxy._handle(self)
 
-            do_POST = do_PATCH = do_PUT = do_DELETE = do_GET  # noqa: N815
+            do_POST = do_PATCH = do_PUT = do_DELETE = do_GET
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that went away (killed, timed out): nothing to report
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -305,18 +320,20 @@ class FaultProxy:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        for gate in self.holds.values():
+            gate.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
         self._client.close()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -324,10 +341,12 @@ class FaultProxy:
 
     # --- what happened ----------------------------------------------------------------------
 
-    def set_pass(self, label: str) -> None:
-        """Name the pass the next requests belong to (fault decisions and records use it)."""
+    def set_pass(self, label: str, key: str | None = None) -> None:
+        """Name the pass the next requests belong to (records use ``label``; fault decisions use
+        ``key``, default ``label``: keep it free of ids that differ between runs)."""
         with self._cond:
             self.label = label
+            self.key = label if key is None else key
 
     def faults(self, label: str | None = None) -> list[Event]:
         """The requests that got a fault (of one pass, or all)."""
@@ -365,16 +384,22 @@ class FaultProxy:
 
     # --- the request path -----------------------------------------------------------------
 
-    def _record(self, method: str, target: str) -> Event:
+    def dump(self, path: Any) -> None:
+        """Write every request (pass, endpoint, fault, status, body) as JSON lines, for a replay."""
+        with open(path, "w") as f:
+            f.writelines(json.dumps(e.as_dict()) + "\n" for e in self.requests())
+
+    def _record(self, method: str, target: str, body: bytes) -> Event:
         endpoint = endpoint_of(method, target)
         with self._cond:
             label = self.label
             index = self._counts.get((label, endpoint), 0)
             self._counts[(label, endpoint)] = index + 1
-            fault = None if self.blocked else self.schedule.decide(label, endpoint, index, method)
+            fault = None if self.blocked else self.schedule.decide(self.key, endpoint, index, method)
             if self.blocked:
                 fault = Fault("blocked_503", "pre")
-            event = Event(len(self.events) + 1, label, method, target, endpoint, index, fault, time.monotonic())
+            event = Event(len(self.events) + 1, label, method, target, endpoint, index, fault, time.monotonic(),
+                          body=body[:4096])
             self.events.append(event)
             self._cond.notify_all()
         return event
@@ -387,7 +412,7 @@ class FaultProxy:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
-        event = self._record(h.command, h.path)
+        event = self._record(h.command, h.path, body)
         fault = event.fault
         status: int | None = None
         try:
@@ -397,6 +422,9 @@ class FaultProxy:
             delay = self.delays.get(event.endpoint)
             if delay:
                 self._stop.wait(delay)
+            gate = self.holds.get(event.endpoint)
+            if gate is not None:
+                gate.wait(120)
             headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP}
             headers["Accept-Encoding"] = "identity"
             resp = self._client.request(h.command, h.path, headers=headers, content=body)
@@ -408,7 +436,7 @@ class FaultProxy:
             else:
                 self._send(h, answer)
                 status = answer.status
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             h.close_connection = True
         except httpx.HTTPError as exc:  # upstream down: what a gateway says
             self._send(h, _Answer(502, [("Content-Type", "text/plain")], f"upstream: {exc}".encode()))

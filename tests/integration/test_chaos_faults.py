@@ -21,16 +21,32 @@ import os
 import random
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from label_studio_sdk import LabelStudio
 
+from ls_space_sync.state import utcnow
 from tests.chaoslib import (
-    Result, StoreState, Zygote, error_message, push_differences, running_runs, server_tasks, store_differences,
-    store_state, stored_tasks, sync_line, target_duplicates, unclear, write_config,
+    Result,
+    Server,
+    StoreState,
+    Zygote,
+    choice,
+    error_message,
+    make_tasks,
+    mutate,
+    push_differences,
+    running_runs,
+    store_differences,
+    store_state,
+    stored_tasks,
+    sync_line,
+    target_duplicates,
+    unclear,
+    write_config,
 )
 from tests.faultproxy import KINDS, FaultProxy, NoFaults, RandomSchedule, Script
 
@@ -42,102 +58,12 @@ HANG = 2.6  # a hang outlasts it
 VERBOSE = bool(os.environ.get("CHAOS_VERBOSE"))
 BROKEN = ("body_null", "body_list", "body_empty_dict", "body_no_key", "truncated_json", "non_json")
 
-LABEL_CONFIG = """<View>
-  <Text name="text" value="$text"/>
-  <Choices name="sentiment" toName="text"><Choice value="pos"/><Choice value="neg"/><Choice value="mixed"/></Choices>
-</View>"""
-
-
-def choice(value: str) -> list[dict]:
-    return [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [value]}}]
-
-
-def make_tasks(rng: random.Random, n: int, start: int = 0) -> list[dict]:
-    out = []
-    for i in range(start, start + n):
-        task: dict = {"data": {"text": f"review {i}: {rng.choice(['great', 'awful', 'fine', 'odd'])}"},
-                      "meta": {"batch": i % 3}}
-        if rng.random() < 0.6:
-            task["annotations"] = [{"result": choice(rng.choice(["pos", "neg"])), "lead_time": round(rng.random(), 3)}]
-        if rng.random() < 0.5:
-            task["predictions"] = [{"result": choice("mixed"), "score": round(rng.random(), 3), "model_version": "m1"}]
-        out.append(task)
-    return out
-
-
-class Server:
-    """Direct access to the session's Label Studio (never through the proxy): the SDK and the views."""
-
-    def __init__(self, label_studio):
-        self.url, self.key = label_studio.url, label_studio.api_key
-        self.http = httpx.Client(timeout=120, trust_env=False)
-        self.sdk = LabelStudio(base_url=self.url, api_key=self.key, timeout=120, httpx_client=self.http)
-        self.created: list[int] = []
-
-    def project(self, tasks: list[dict], title: str) -> int:
-        pid = self.sdk.projects.create(title=title, label_config=LABEL_CONFIG).id
-        self.created.append(pid)
-        for start in range(0, len(tasks), 200):
-            self.sdk.projects.import_tasks(id=pid, request=tasks[start:start + 200], return_task_ids=True)
-        return pid
-
-    def tasks(self, pid: int, raw: bool = False) -> dict[int, dict]:
-        return server_tasks(self.url, self.key, pid, raw=raw)
-
-    def close(self) -> None:
-        for pid in self.created:
-            try:
-                self.sdk.projects.delete(id=pid)
-            except Exception:  # noqa: BLE001 - cleanup only
-                pass
-        self.http.close()
-
-
-def mutate(server: Server, pid: int, rng: random.Random, n: int) -> list[str]:
-    """``n`` random changes to a project, each of a kind a sync must see (all move ``updated_at``
-    or the task count): imports, deletes (the newest task too: SQLite reuses its id), annotations
-    created / updated / deleted, predictions created, task data edited. Returns what was done."""
-    done = []
-    for _ in range(n):
-        tasks = server.tasks(pid, raw=True)
-        ids = sorted(tasks)
-        op = rng.choices(["import", "delete", "ann_create", "ann_update", "ann_delete", "pred_create", "patch"],
-                         [2, 1, 3, 2, 1, 2, 2])[0]
-        if op == "import" or len(ids) < 10:
-            new = make_tasks(rng, rng.randint(1, 3), start=rng.randint(1000, 9999))
-            server.sdk.projects.import_tasks(id=pid, request=new, return_task_ids=True)
-            done.append(f"imported {len(new)} tasks")
-            continue
-        task_id = rng.choice(ids)
-        annotations = tasks[task_id]["annotations"]
-        if op == "delete":
-            victim = ids[-1] if rng.random() < 0.4 else task_id
-            server.sdk.tasks.delete(id=victim)
-            done.append(f"deleted task {victim}")
-        elif op == "ann_create" or (op in ("ann_update", "ann_delete") and not annotations):
-            server.sdk.annotations.create(id=task_id, result=choice(rng.choice(["pos", "neg", "mixed"])))
-            done.append(f"annotated task {task_id}")
-        elif op == "ann_update":
-            server.sdk.annotations.update(id=annotations[0]["id"], result=choice(rng.choice(["pos", "neg", "mixed"])))
-            done.append(f"updated annotation {annotations[0]['id']} of task {task_id}")
-        elif op == "ann_delete":
-            server.sdk.annotations.delete(id=annotations[-1]["id"])
-            done.append(f"deleted annotation {annotations[-1]['id']} of task {task_id}")
-        elif op == "pred_create":
-            server.sdk.predictions.create(task=task_id, result=choice("pos"), score=round(rng.random(), 3),
-                                          model_version=rng.choice(["m1", "m2"]))
-            done.append(f"predicted task {task_id}")
-        else:
-            server.sdk.tasks.update(id=task_id, data={"text": f"edited {rng.randint(0, 10**6)}"})
-            done.append(f"edited the data of task {task_id}")
-    return done
-
-
 class Bench:
     """One chaos setup: a proxy, a CLI zygote, a config and data dir, and the judging of passes."""
 
     def __init__(self, server: Server, proxy: FaultProxy, zygote: Zygote, workdir: Path, projects,
-                 problems: list[str] | None = None, **cfg):
+                 problems: list[str] | None = None, sections: dict | None = None):
+        cfg = sections or {}
         self.server, self.proxy, self.zygote = server, proxy, zygote
         workdir.mkdir(parents=True, exist_ok=True)
         self.data = workdir / "data"
@@ -152,8 +78,8 @@ class Bench:
         self.stats = {"sync passes": 0, "sync ok": 0, "sync failed": 0, "push passes": 0, "push ok": 0,
                       "push failed": 0, "mismatches": 0}
 
-    def cli(self, label: str, *argv: str, timeout: float = 120, every: bool = False) -> Result:
-        self.proxy.set_pass(label)
+    def cli(self, label: str, *argv: str, timeout: float = 120, every: bool = False, key: str | None = None) -> Result:
+        self.proxy.set_pass(label, key)
         config = self.config_all if every else self.config
         result = self.zygote.run(["--config", str(config), *argv], self.env, timeout=timeout)
         if VERBOSE:
@@ -181,10 +107,10 @@ class Bench:
         if left:
             self.fail(label, result, f"left runs marked running: {[r.run_id for r in left]}")
 
-    def sync(self, label: str, pid: int, *args: str, every: bool = False) -> Result:
+    def sync(self, label: str, pid: int, *args: str, every: bool = False, key: str | None = None) -> Result:
         """Run one sync pass and judge it for project ``pid`` (``every``: with ``projects: all``)."""
         before = store_state(self.root, pid)
-        result = self.cli(label, "sync", *args, every=every)
+        result = self.cli(label, "sync", *args, every=every, key=key)
         self.judge_sync(label, pid, result, before)
         return result
 
@@ -222,11 +148,12 @@ class Bench:
                 self.fail(label, result, f"failed, but the store moved from {before} to {after}", mismatch=True)
         return "bad" if len(self.problems) > n else "ok" if line and line[0] == "ok" else "failed"
 
-    def push(self, label: str, source: int, target: int, *args: str, must_succeed: bool = False) -> Result:
+    def push(self, label: str, source: int, target: int, *args: str, must_succeed: bool = False,
+             key: str | None = None) -> Result:
         """Run one push pass (latest version of ``source`` into ``target``) and judge it."""
         self.stats["push passes"] += 1
         before = store_state(self.root, source)
-        result = self.cli(label, "push", "-p", str(source), "--to-project", str(target), *args)
+        result = self.cli(label, "push", "-p", str(source), "--to-project", str(target), *args, key=key)
         self._common(label, result)
         if must_succeed and result.rc != 0:
             self.fail(label, result, f"no fault was injected, yet it exited {result.rc}")
@@ -234,7 +161,7 @@ class Bench:
         if after != before:
             self.fail(label, result, f"a push moved the source store from {before} to {after}")
         target_tasks = self.server.tasks(target, raw=True)
-        done = re.search(rf"^push project {source} v(\d+) -> project {target}", result.stdout, re.M)
+        done = re.search(rf"^push project {source} v(\d+) -> project {target}", result.stdout, re.MULTILINE)
         if result.rc == 0:
             self.stats["push ok"] += 1
             if not done:
@@ -258,8 +185,7 @@ class Bench:
         return result
 
     def assert_clean(self) -> None:
-        assert not self.problems, f"{len(self.problems)} broken invariants (seed {SEED}):\n\n" + "\n\n".join(
-            self.problems)
+        assert_no_problems(self.problems)
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +212,12 @@ def proxy(label_studio):
 def shared_project(server):
     """45 tasks (5 pages of 10, 2 stamp pages of 25), annotations and predictions on some."""
     return server.project(make_tasks(random.Random(SEED), 45), "chaos: one fault at a time")
+
+
+def assert_no_problems(problems: list[str]) -> None:
+    if problems:
+        pytest.fail(f"{len(problems)} broken invariants (CHAOS_SEED={SEED}):\n\n" + "\n\n".join(problems),
+                    pytrace=False)
 
 
 def report(name: str, **counts) -> None:
@@ -337,7 +269,7 @@ def test_broken_answers_fail_the_sync_clearly_and_commit_nothing(server, proxy, 
     for bench, before, child in running:
         bench.judge_sync(f"the next pass after {bench.data.parent.name}, no faults", pid, child.wait(120), before,
                          must_succeed=True)
-    assert not problems, f"{len(problems)} broken invariants:\n\n" + "\n\n".join(problems)
+    assert_no_problems(problems)
 
 
 # Push: (endpoint, kind, which requests, how the target is prepared)
@@ -393,11 +325,38 @@ def test_a_broken_answer_fails_the_push_clearly_and_imports_nothing_twice(server
     bench.assert_clean()
 
 
+def test_a_push_that_failed_midway_is_not_taken_for_what_the_target_holds(server, proxy, zygote, tmp_path):
+    """Found by the random test (seed 20261201, round 14). A push updates task a in place (PATCH of
+    its annotation), then fails on task b of the same chunk (the server created b's prediction, its
+    answer was lost); the links of the chunk keep the hash of a's *previous* content. When the
+    source's task a goes back to that content, the next push takes it for an echo of the last push
+    and leaves the target's task a as it is: exit 0, target wrong, and every later push agrees."""
+    pid = server.project([{"data": {"text": "a"}, "annotations": [{"result": choice("pos")}]},
+                          {"data": {"text": "b"}}], "chaos: a push that failed midway")
+    target = server.project([], "chaos: a push that failed midway (target)")
+    bench = Bench(server, proxy, zygote, tmp_path, [pid])
+    a, b = sorted(server.tasks(pid))
+    bench.sync("first sync", pid)
+    bench.push("first push", pid, target, must_succeed=True)
+    annotation = server.tasks(pid, raw=True)[a]["annotations"][0]["id"]
+    server.sdk.annotations.update(id=annotation, result=choice("neg"))
+    server.sdk.predictions.create(task=b, result=choice("pos"), score=0.5, model_version="m1")
+    bench.sync("sync of a: pos -> neg, b: a new prediction", pid)
+    proxy.schedule = Script(("prediction create", 0, "http_502", "post"))
+    bench.push("push, 502 after the server created b's prediction", pid, target)
+    proxy.schedule = NoFaults()
+    server.sdk.annotations.update(id=annotation, result=choice("pos"))
+    bench.sync("sync of a: neg -> pos (its first content)", pid)
+    bench.push("push after a went back to its first content, no faults", pid, target, must_succeed=True)
+    bench.push("one more push, no faults", pid, target, must_succeed=True)
+    bench.assert_clean()
+
+
 # --- many passes, random faults, random changes ---------------------------------------------
 
 # Hangs cost a timeout each: rarer than the rest.
 WEIGHTS = {k: (0.4 if k == "hang" else 1.0) for k in KINDS}
-ROUNDS = 30
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "30"))
 SYNC_ARGS = [(), (), (), ("--full-scan",)]
 
 
@@ -418,13 +377,16 @@ def test_random_faults_over_many_sync_and_push_passes(server, proxy, zygote, tmp
         changes = mutate(server, pid, rng, rng.randint(1, 3))
         every = rng.random() < 0.2
         bench.sync(f"round {rounds} sync{' (projects: all)' if every else ''} after: {'; '.join(changes)}", pid,
-                   *rng.choice(SYNC_ARGS), every=every)
+                   *rng.choice(SYNC_ARGS), every=every, key=f"round {rounds} sync")
         if rng.random() < 0.75:
             bench.push(f"round {rounds} push", pid, target, "--delete")
     proxy.schedule = NoFaults()
     bench.judge_sync("final sync, no faults", pid, bench.cli("final sync, no faults", "sync"),
                      store_state(bench.root, pid), must_succeed=True)
     bench.push("final push, no faults", pid, target, "--delete", must_succeed=True)
+    proxy.dump(tmp_path / "proxy-events.jsonl")
+    if bench.problems:
+        bench.problems.append(f"every request of the test, with its faults: {tmp_path / 'proxy-events.jsonl'}")
     faults = proxy.fault_counts()
     report("random faults", rounds=rounds, requests=len(proxy.requests()), faults=sum(faults.values()),
            by_kind=faults, by_endpoint=_by_endpoint(proxy), **bench.stats, problems=len(bench.problems))
@@ -436,3 +398,134 @@ def _by_endpoint(proxy: FaultProxy) -> dict[str, int]:
     for e in proxy.faults():
         out[e.endpoint] = out.get(e.endpoint, 0) + 1
     return dict(sorted(out.items()))
+
+
+# --- the daemon ---------------------------------------------------------------------------------
+
+def test_the_daemon_under_random_faults(server, proxy, zygote, tmp_path):
+    """``ls-space-sync run`` (``projects: all``, a poll every second) through the proxy with random
+    faults, in rounds: the proxy answers 503 while the test changes the project (so no run sees half
+    a change), then lets the faults through for a few seconds. Every version the daemon commits in
+    a round must be the server's state of that round, ``/health`` must keep answering and keep the
+    project, and once the faults stop the store becomes exact; SIGTERM then ends the daemon with 0."""
+    from sqlalchemy import select
+
+    from ls_space_sync.localserver import free_port
+    from ls_space_sync.state import StateDB, SyncRun
+
+    rng = random.Random(SEED + 7)
+    pid = server.project(make_tasks(rng, 30), "chaos: the daemon")
+    port = free_port()
+    bench = Bench(server, proxy, zygote, tmp_path, "all", sections={
+        "sync": {"interval_seconds": 1}, "server": {"port": port}, "compaction": {"interval_seconds": None},
+        "scheduler": {"jitter_seconds": 0, "max_backoff_seconds": 2, "shutdown_timeout_seconds": 20}})
+    proxy.schedule = RandomSchedule(f"{SEED}-daemon", rate=0.2, weights=WEIGHTS)
+    proxy.set_pass("daemon")
+    daemon = zygote.spawn(["--config", str(bench.config), "run"], bench.env)
+    health_url = f"http://127.0.0.1:{port}/health"
+    problems = bench.problems
+    db = StateDB(bench.state_url)
+
+    def runs_of(project: int) -> list:
+        with db.Session() as s:
+            return list(s.scalars(select(SyncRun).where(SyncRun.project_id == project, SyncRun.kind == "pull")))
+
+    def health() -> dict | None:
+        try:
+            resp = httpx.get(health_url, timeout=5, trust_env=False)
+            return resp.json() if resp.status_code == 200 else {"status_code": resp.status_code}
+        except httpx.HTTPError:
+            return None
+
+    try:
+        deadline = time.monotonic() + 60
+        while health() is None and time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.2)
+        assert health() is not None, f"the daemon did not serve /health:\n{daemon.result(-1).tail()}"
+        deadline = time.monotonic() + 30  # until a project list got through the faults
+        while str(pid) not in (health() or {}).get("projects", {}) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert str(pid) in (health() or {}).get("projects", {}), \
+            f"the daemon never listed project {pid} in 30 s:\n{daemon.result(-1).tail()}"
+        rounds = 3
+        for r in range(1, rounds + 1):
+            proxy.blocked = True  # every request 503, not forwarded: runs fail fast and clearly
+            deadline = time.monotonic() + 30
+            while any(x.status == "running" for x in runs_of(pid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            changes = mutate(server, pid, rng, rng.randint(2, 4))
+            snapshot = server.tasks(pid)
+            opened = utcnow()
+            proxy.set_pass(f"daemon round {r}")
+            proxy.blocked = False
+            end = time.monotonic() + 6
+            seen = set()
+            while time.monotonic() < end:
+                report_ = health()
+                if report_ is None or "projects" not in report_:
+                    seen.add(f"round {r}: GET /health answered {report_!r}")
+                elif str(pid) not in report_["projects"]:
+                    seen.add(f"round {r}: the daemon dropped project {pid} from its schedule (/health lists "
+                             f"{sorted(report_['projects'])})\n  faults so far in this round:\n"
+                             f"{proxy.describe(f'daemon round {r}')}")
+                time.sleep(0.5)
+            problems.extend(sorted(seen))
+            proxy.blocked = True
+            deadline = time.monotonic() + 30
+            while any(x.status == "running" for x in runs_of(pid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for run in runs_of(pid):
+                if run.started_at < opened or run.version is None or run.status != "succeeded":
+                    continue
+                diffs = store_differences(stored_tasks(bench.root, pid, run.version), snapshot)
+                if diffs:
+                    bench.stats["mismatches"] += 1
+                    problems.append(f"daemon round {r} (after: {'; '.join(changes)}): run {run.run_id} succeeded "
+                                    f"with v{run.version}, which is not the server: " + "; ".join(diffs)
+                                    + f"\n  faults in this round:\n{proxy.describe(f'daemon round {r}')}")
+        proxy.schedule = NoFaults()
+        proxy.set_pass("daemon, no faults")
+        proxy.blocked = False
+        deadline = time.monotonic() + 30
+        diffs = ["not synced yet"]
+        while diffs and time.monotonic() < deadline:
+            time.sleep(1)
+            store = bench.root / f"project-{pid}.lance"
+            diffs = store_differences(stored_tasks(bench.root, pid), server.tasks(pid)) if store.exists() else [
+                "no dataset"]
+        if diffs:
+            problems.append("30 s after the faults stopped the daemon's store is not the server: " + "; ".join(diffs))
+    finally:
+        if daemon.poll() is None:
+            os.kill(daemon.pid, signal.SIGTERM)
+        result = daemon.wait(60)
+        db.dispose()
+    if result.rc != 0:
+        problems.append(f"SIGTERM: the daemon exited {result.rc}:\n{result.tail()}")
+    for line in result.output.splitlines():
+        if "Traceback" in line or "unexpected error" in line:
+            problems.append(f"the daemon logged {line.strip()[:300]!r}")
+            break
+    left = running_runs(bench.state_url)
+    if left:
+        problems.append(f"the daemon left runs marked running: {[x.run_id for x in left]}")
+    passes = [x for x in runs_of_all(bench.state_url) if x.project_id == pid]
+    faults = proxy.fault_counts()
+    report("daemon", rounds=rounds, runs=len(passes), succeeded=sum(x.status == "succeeded" for x in passes),
+           skipped=sum(x.status == "skipped" for x in passes), failed=sum(x.status == "failed" for x in passes),
+           requests=len(proxy.requests()), faults=sum(faults.values()), by_kind=faults,
+           mismatches=bench.stats["mismatches"], problems=len(problems))
+    assert_no_problems(problems)
+
+
+def runs_of_all(state_url: str) -> list:
+    from sqlalchemy import select
+
+    from ls_space_sync.state import StateDB, SyncRun
+
+    db = StateDB(state_url)
+    try:
+        with db.Session() as s:
+            return list(s.scalars(select(SyncRun).where(SyncRun.kind == "pull")))
+    finally:
+        db.dispose()
