@@ -390,10 +390,11 @@ class LabelStudioClient:
                 body, _ = self._json("the project list", "api/projects/", _projects_problem,
                                      params={"page": page, "page_size": 100})
             except NotFound:
+                if page == 1:
+                    raise
                 break  # a page past the end
-            results = body.get("results", body) if isinstance(body, dict) else body
-            found += results
-            if not isinstance(body, dict) or not body.get("next"):
+            found += body["results"]
+            if not body.get("next"):
                 break
             page += 1
         return found
@@ -560,7 +561,7 @@ class LabelStudioClient:
 
     def user_ids(self) -> set[int]:
         """Ids of the users the token's organization has (who may be ``completed_by`` of an annotation)."""
-        body, _ = self._json("the user list", "api/users/", _list_problem("results"))
+        body, _ = self._json("the user list", "api/users/", _users_problem)
         users = body.get("results", []) if isinstance(body, dict) else body
         return {int(u["id"]) for u in users}
 
@@ -642,7 +643,21 @@ class LabelStudioClient:
         return dict(created)
 
 
-_projects_problem = _list_problem("results")
+def _projects_problem(body: Any) -> str | None:
+    """``GET /api/projects/`` on 1.23.2 is DRF-paginated: ``{"count", "next", "results": [{...}]}``;
+    a bare list (even ``[]``) is not that answer, so it cannot be read as "no projects"."""
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list) or any(not isinstance(p, dict) or type(p.get("id")) is not int for p in results):
+        return f"expected the paginated project list {{'results': [{{'id': ...}}, ...]}}, got {_kind(body)}"
+    return None
+
+
+def _users_problem(body: Any) -> str | None:
+    """``GET /api/users/``: the organization's users, never empty (the token's own user is one)."""
+    problem = _list_problem("results")(body)
+    if problem is None and not (body.get("results") if isinstance(body, dict) else body):
+        return "expected at least the token's own user, got an empty list"
+    return problem
 
 
 def _templates_problem(body: Any) -> str | None:

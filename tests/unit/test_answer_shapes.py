@@ -7,7 +7,9 @@ empty page. And a listing shorter than the project's task count is never committ
 
 from __future__ import annotations
 
+import httpx
 import pytest
+import respx
 
 from ls_space_sync.labelstudio.client import MalformedResponse
 from ls_space_sync.store.state import FAILED, SUCCEEDED
@@ -150,3 +152,32 @@ def test_tasks_deleted_while_a_first_sync_lists_do_not_fail_it(tmp_path, fake):
     fake.after_tasks = delete_mid_listing
     result = syncer.run_once(1)
     assert (result.status, result.inserted) == (SUCCEEDED, 11)
+
+
+@pytest.mark.parametrize("body", [b"[]", b"null", b'{"results": null}', b'{"count": 0}'])
+def test_a_project_list_of_the_wrong_shape_is_not_no_projects(body):
+    """``projects: all`` with a broken listing must fail, not sync nothing with exit 0 (found by
+    the random chaos test: a ``[]`` answer to ``GET /api/projects/``)."""
+    from ls_space_sync.labelstudio.client import LabelStudioClient
+
+    with respx.mock(assert_all_called=True) as router:
+        router.get(f"{URL}/api/projects/").mock(return_value=httpx.Response(200, content=body))
+        client = LabelStudioClient(URL, "unit-test-token", retries=1, max_wait=0.01)
+        try:
+            with pytest.raises(MalformedResponse, match="paginated project list"):
+                client.project_ids()
+        finally:
+            client.close()
+
+
+def test_an_empty_user_list_is_not_no_users():
+    from ls_space_sync.labelstudio.client import LabelStudioClient
+
+    with respx.mock(assert_all_called=True) as router:
+        router.get(f"{URL}/api/users/").mock(return_value=httpx.Response(200, json=[]))
+        client = LabelStudioClient(URL, "unit-test-token", retries=0)
+        try:
+            with pytest.raises(MalformedResponse, match="the token's own user"):
+                client.user_ids()
+        finally:
+            client.close()
