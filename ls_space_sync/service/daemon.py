@@ -93,6 +93,9 @@ def _compact(project_id: int) -> None:
         _active.compact_job(project_id)
 
 
+DISCOVER = 0  # the project id :meth:`Daemon.discover` holds its slot under (no project has id 0)
+
+
 def _discover() -> None:
     """Job entry point for re-reading the project list (``projects: all``)."""
     if _active is not None:
@@ -174,7 +177,8 @@ class Daemon:
         with self._idle:
             while self._running and time.monotonic() < deadline:
                 self._idle.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            still = sorted(set(self._running.values()))
+            busy = set(self._running.values())
+        still = sorted(busy - {DISCOVER})
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if _active is self:
@@ -182,6 +186,7 @@ class Daemon:
         if still:
             log.warning("stopping with runs still going after %.1f s (projects %s); the next sync of each "
                         "finishes their bookkeeping", timeout, ", ".join(map(str, still)))
+        if busy:  # a run or the project listing still uses the client: leave it open to the exit
             return False
         self.syncer.client.close()
         self.state.dispose()
@@ -252,15 +257,22 @@ class Daemon:
             self.projects, self.mirrored, self._listed = everyone, mirrored, listed
 
     def discover(self) -> None:
-        """Re-read the project list from the server (``projects: all``); keep the old one on failure."""
-        try:
-            ids = self.syncer.project_ids()
-        except LabelStudioError as exc:
-            log.warning("cannot list the projects (%s); keeping %d known projects", exc, len(self.projects))
-            return
-        if ids != self._listed:
-            log.info("projects: %s", ", ".join(map(str, ids)) or "none")
-            self.set_projects(ids, reschedule=False)
+        """Re-read the project list from the server (``projects: all``); keep the old one on failure.
+
+        Tracked like a run, so :meth:`stop` waits for it before closing the HTTP client (a listing
+        waiting to retry a 503 when SIGTERM comes must not meet a closed client).
+        """
+        with self._slot("discover", DISCOVER) as free:
+            if not free:
+                return
+            try:
+                ids = self.syncer.project_ids()
+            except LabelStudioError as exc:
+                log.warning("cannot list the projects (%s); keeping %d known projects", exc, len(self.projects))
+                return
+            if ids != self._listed:
+                log.info("projects: %s", ", ".join(map(str, ids)) or "none")
+                self.set_projects(ids, reschedule=False)
 
     def poll_job_id(self, project_id: int) -> str:
         """The job that pulls the project on its schedule: ``sync-<id>``, or its mirror's ``mirror-<key>``."""

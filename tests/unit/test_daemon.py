@@ -263,6 +263,36 @@ def test_projects_all_are_discovered_from_the_server(tmp_path, daemons):
     assert {j.id for j in d.scheduler.get_jobs()} == {"sync-1", "sync-4"}
 
 
+def test_stop_waits_for_a_project_listing_before_closing_the_client(tmp_path, daemons):
+    """SIGTERM while ``projects: all`` waits on the project list (the chaos daemon test's find: the
+    listing's retry then met a closed client and logged a traceback)."""
+    gate = threading.Event()
+
+    def slow_listing(request):
+        gate.wait(10)
+        return httpx.Response(200, json={"results": [{"id": 1}], "next": None})
+
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{URL}/api/projects/").mock(side_effect=slow_listing)
+        FakeLabelStudio().mount(router)
+        d = daemons(make_settings(tmp_path, projects="all"))
+        errors: list[BaseException] = []
+
+        def discover():
+            try:
+                d.discover()
+            except BaseException as exc:  # noqa: BLE001 - the test reports any
+                errors.append(exc)
+
+        worker = threading.Thread(target=discover)
+        worker.start()
+        wait_for(lambda: d._running)
+        threading.Timer(0.3, gate.set).start()
+        assert d.stop(timeout=5) is True  # waited for the listing, then closed
+        worker.join(10)
+    assert errors == [] and d.projects == [1]
+
+
 def test_skipped_runs_count_as_success(tmp_path, fake, daemons):
     fake.add("t0")
     d = daemons(make_settings(tmp_path))
