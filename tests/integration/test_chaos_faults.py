@@ -559,9 +559,13 @@ def test_the_daemon_under_random_faults(server, proxy, zygote, tmp_path):
         db.dispose()
     if result.rc != 0:
         problems.append(f"SIGTERM: the daemon exited {result.rc}:\n{result.tail()}")
-    for line in result.output.splitlines():
+    # (a traceback while it stops is test_sigterm_while_the_daemon_lists_the_projects_stops_cleanly's)
+    lines = result.output.splitlines()
+    before_stop = lines[:next((i for i, x in enumerate(lines) if "received SIGTERM" in x), len(lines))]
+    for i, line in enumerate(before_stop):
         if "Traceback" in line or "unexpected error" in line:
-            problems.append(f"the daemon logged {line.strip()[:300]!r}")
+            last = next((x for x in before_stop[i + 1:] if x and not x.startswith((" ", "Traceback"))), "")
+            problems.append(f"the daemon logged {line.strip()[:200]!r} ... {last.strip()[:300]!r}")
             break
     left = running_runs(bench.state_url)
     if left:
@@ -586,3 +590,34 @@ def runs_of_all(state_url: str) -> list:
             return list(s.scalars(select(SyncRun).where(SyncRun.kind == "pull")))
     finally:
         db.dispose()
+
+
+def test_sigterm_while_the_daemon_lists_the_projects_stops_cleanly(server, proxy, zygote, tmp_path):
+    """SIGTERM while the daemon's project list (``projects: all``) waits to retry a 503: the daemon
+    must stop with 0 and no traceback (found by the daemon test: it closed its HTTP client under
+    the discover job, whose retry then raised ``RuntimeError: Cannot send a request, as the client
+    has been closed``)."""
+    from ls_space_sync.localserver import free_port
+
+    port = free_port()
+    bench = Bench(server, proxy, zygote, tmp_path, "all", sections={
+        "label_studio": {"retries": 2, "retry_max_wait_seconds": 2},
+        "sync": {"interval_seconds": 5}, "server": {"port": port}, "compaction": {"interval_seconds": None},
+        "scheduler": {"jitter_seconds": 0, "shutdown_timeout_seconds": 20}})
+    proxy.schedule = Script(("project list", "*", "http_503", "pre"))
+    proxy.set_pass("daemon")
+    daemon = zygote.spawn(["--config", str(bench.config), "run"], bench.env)
+    try:
+        assert proxy.wait_for(lambda evs: any(e.endpoint == "project list" for e in evs), timeout=60), \
+            f"the daemon never listed the projects:\n{daemon.result(-1).tail()}"
+        time.sleep(0.2)  # its retry is waiting now (0.5 s or more)
+    finally:
+        if daemon.poll() is None:
+            os.kill(daemon.pid, signal.SIGTERM)
+        result = daemon.wait(60)
+    assert result.rc == 0, f"SIGTERM: exit {result.rc}\n{result.tail()}"
+    tracebacks = [x for x in result.output.splitlines() if "Traceback" in x or "raised an exception" in x]
+    last = [x for x in result.output.splitlines() if x and not x.startswith((" ", "Traceback"))]
+    if tracebacks:
+        pytest.fail(f"SIGTERM while the project list waited to retry a 503: the daemon logged "
+                    f"{tracebacks[0].strip()!r}; its log ends:\n" + "\n".join(last[-4:]), pytrace=False)
