@@ -40,7 +40,7 @@ ORIGIN_KEY = "ls_space_sync"
 # --- the CLI as processes ------------------------------------------------------------------
 
 _ZYGOTE = r"""
-import atexit, io, json, os, select, sys, traceback
+import atexit, io, json, os, select, sys, threading, traceback
 import ls_space_sync.cli as cli
 import ls_space_sync.sync, ls_space_sync.push, ls_space_sync.server, ls_space_sync.daemon  # noqa: F401
 import ls_space_sync.records, ls_space_sync.store, ls_space_sync.state, ls_space_sync.mirror  # noqa: F401
@@ -80,6 +80,10 @@ def child(cmd):
         except BaseException:
             traceback.print_exc()
             code = 1
+        try:  # what the interpreter does at exit: join non-daemon threads, then the atexit hooks
+            threading._shutdown()
+        except BaseException:
+            pass
         try:
             atexit._run_exitfuncs()
         except BaseException:

@@ -5,7 +5,8 @@ fails and its error is printed.
 The hard case is a server (or a gateway) whose error page echoes the request, ``Authorization:
 Token <key>`` included: the proxy (tests/faultproxy.py, ``echo_token=True``) answers every request
 so, and the client's message quotes the start of the body. Commands run as ordinary processes
-(``python -m ls_space_sync``), configured through ``LABEL_STUDIO_API_KEY`` as users do.
+(the first failing sync as ``python -m ls_space_sync``, the rest forked by the chaos CLI runner,
+tests/chaoslib.py), configured through ``LABEL_STUDIO_API_KEY`` as users do.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import os
 import random
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from ls_space_sync.localserver import free_port
-from tests.chaoslib import Result, Server, make_tasks, run_real, write_config
+from tests.chaoslib import Result, Server, Zygote, make_tasks, run_real, write_config
 from tests.faultproxy import FaultProxy, NoFaults, Script
 
 pytestmark = pytest.mark.integration
@@ -55,7 +54,14 @@ def leaks(secret: str, data_dir: Path, results: list[Result], extra: dict[str, s
     return found
 
 
-def test_the_token_never_shows_even_when_an_error_page_echoes_it(server, label_studio, tmp_path):
+@pytest.fixture(scope="module")
+def zygote(tmp_path_factory):
+    z = Zygote(tmp_path_factory.mktemp("chaos-secrets-cli"))
+    yield z
+    z.close()
+
+
+def test_the_token_never_shows_even_when_an_error_page_echoes_it(server, label_studio, zygote, tmp_path):
     pid = server.project(make_tasks(random.Random(3), 12), "chaos: secrets")
     target = server.project([], "chaos: secrets (target)")
     token = server.key
@@ -66,8 +72,9 @@ def test_the_token_never_shows_even_when_an_error_page_echoes_it(server, label_s
         text = write_config(tmp_path / "text.yaml", proxy.url, data, [pid], log_format="text")
         json_ = write_config(tmp_path / "json.yaml", proxy.url, data, [pid], log_format="json")
 
-        def cli(config: Path, *argv: str, rc: int) -> Result:
-            result = run_real(["--config", str(config), *argv], env)
+        def cli(config: Path, *argv: str, rc: int, real: bool = False) -> Result:
+            run = run_real if real else zygote.run
+            result = run(["--config", str(config), *argv], env)
             results.append(result)
             assert result.rc == rc, f"`{' '.join(argv)}` exited {result.rc}, not {rc}:\n{result.tail()}"
             return result
@@ -75,7 +82,7 @@ def test_the_token_never_shows_even_when_an_error_page_echoes_it(server, label_s
         # a clean sync with debug logs, then every request answered 500/502 echoing the request's token
         cli(text, "-vv", "sync", rc=0)
         proxy.schedule = Script(("*", "*", "http_500"))
-        failed = cli(text, "-vv", "sync", "--full-scan", rc=1)
+        failed = cli(text, "-vv", "sync", "--full-scan", rc=1, real=True)
         assert "injected 500" in failed.output, "the failure did not quote the server's answer"
         cli(json_, "-vv", "sync", "--full-scan", rc=1)
         proxy.schedule = Script(("*", "*", "http_502"))
@@ -92,28 +99,23 @@ def test_the_token_never_shows_even_when_an_error_page_echoes_it(server, label_s
                                   scheduler={"jitter_seconds": 0, "max_backoff_seconds": 1},
                                   compaction={"interval_seconds": None})
         proxy.schedule = Script(("*", "*", "http_503"))
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), **env}
-        with open(tmp_path / "daemon.out", "wb") as out, open(tmp_path / "daemon.err", "wb") as err:
-            daemon = subprocess.Popen([sys.executable, "-m", "ls_space_sync", "--config", str(daemon_cfg), "-v",
-                                       "run"], env=full_env, stdout=out, stderr=err)
-            health = ""
-            try:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    try:
-                        resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5, trust_env=False)
-                        health = resp.text
-                        if '"consecutive_failures":0' not in health.replace(" ", "") and \
-                                "consecutive_failures" in health:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.5)
-            finally:
-                daemon.send_signal(signal.SIGTERM)  # our own child, by its handle
-                daemon.wait(timeout=60)
-        results.append(Result(["", "", "run"], daemon.returncode, (tmp_path / "daemon.out").read_text(),
-                              (tmp_path / "daemon.err").read_text(), 0))
+        daemon = zygote.spawn(["--config", str(daemon_cfg), "-v", "run"], env)
+        health = ""
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5, trust_env=False)
+                    health = resp.text
+                    if '"consecutive_failures":0' not in health.replace(" ", "") and "consecutive_failures" in health:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+        finally:
+            if daemon.poll() is None:
+                os.kill(daemon.pid, signal.SIGTERM)  # our own child, by its pid
+            results.append(daemon.wait(60))
         assert "consecutive_failures" in health, f"/health never showed the failed polls: {health[:300]}"
 
     # a wrong token is a secret too
@@ -121,7 +123,7 @@ def test_the_token_never_shows_even_when_an_error_page_echoes_it(server, label_s
     with FaultProxy(label_studio.url, echo_token=True) as proxy:
         proxy.schedule = Script(("*", "*", "http_500"))
         cfg = write_config(tmp_path / "wrong.yaml", proxy.url, data, [pid])
-        bad = run_real(["--config", str(cfg), "-vv", "sync"], {"LABEL_STUDIO_API_KEY": wrong})
+        bad = zygote.run(["--config", str(cfg), "-vv", "sync"], {"LABEL_STUDIO_API_KEY": wrong})
         assert bad.rc == 1, bad.tail()
     found = leaks(token, data, results, {"GET /health": health}) + leaks(wrong, data, [bad])
     if found:
