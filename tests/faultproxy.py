@@ -186,11 +186,15 @@ class RandomSchedule(Schedule):
         rate: probability that a request starts a fault.
         weights: ``{kind: weight}``; kinds not allowed for a request are skipped.
         endpoints: only these endpoints get faults (default: every one).
+        cover: the first request to each endpoint always gets a fault (burst 1), so every
+            endpoint the passes use is hit at least once, however rarely it is called.
     """
 
     def __init__(self, seed: int | str, rate: float, weights: dict[str, float] | None = None,
-                 bursts: dict[int, float] | None = None, endpoints: Iterable[str] | None = None):
-        self.seed, self.rate = seed, rate
+                 bursts: dict[int, float] | None = None, endpoints: Iterable[str] | None = None,
+                 cover: bool = False):
+        self.seed, self.rate, self.cover = seed, rate, cover
+        self._covered: set[str] = set()
         self.weights = weights or {k: 1.0 for k in KINDS}
         self.bursts = bursts or {1: 0.6, 2: 0.3, 3: 0.1}
         self.endpoints = set(endpoints) if endpoints is not None else None
@@ -199,13 +203,15 @@ class RandomSchedule(Schedule):
 
     def _draw(self, label: str, endpoint: str, index: int) -> tuple[Fault | None, int]:
         rng = random.Random(f"{self.seed}|{label}|{endpoint}|{index}")
-        if rng.random() >= self.rate:
+        first = self.cover and endpoint not in self._covered
+        self._covered.add(endpoint)
+        if rng.random() >= self.rate and not first:
             return None, 0
         kinds = sorted(self.weights)
         kind = rng.choices(kinds, [self.weights[k] for k in kinds])[0]
         phase = rng.choice(allowed_phases(kind))
         lengths = sorted(self.bursts)
-        burst = rng.choices(lengths, [self.bursts[b] for b in lengths])[0]
+        burst = 1 if first else rng.choices(lengths, [self.bursts[b] for b in lengths])[0]
         return Fault(kind, phase), burst
 
     def decide(self, label: str, endpoint: str, index: int, method: str) -> Fault | None:

@@ -419,13 +419,14 @@ SYNC_ARGS = [(), (), (), ("--full-scan",)]
 
 def test_random_faults_over_many_sync_and_push_passes(server, proxy, zygote, tmp_path):
     """22 rounds: random changes, then a sync pass and (most rounds) a push pass through the proxy,
-    which faults ~1 request in 6 (seeded, every kind, bursts of 1-3 so some outlast the retries).
+    which faults ~1 request in 6 (seeded, every kind, bursts of 1-3 so some outlast the retries) and
+    the first request to every endpoint the passes use.
     Some passes list the projects (``projects: all``). Bounded: 22 rounds or 200 s."""
     rng = random.Random(SEED)
     pid = server.project(make_tasks(rng, 40), "chaos: random faults")
     target = server.project([], "chaos: random faults (push target)")
     bench = Bench(server, proxy, zygote, tmp_path, [pid])
-    proxy.schedule = RandomSchedule(SEED, rate=0.16, weights=WEIGHTS)
+    proxy.schedule = RandomSchedule(SEED, rate=0.16, weights=WEIGHTS, cover=True)
     deadline = time.monotonic() + 200
     rounds = 0
     for rounds in range(1, ROUNDS + 1):
