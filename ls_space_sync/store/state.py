@@ -44,6 +44,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -259,12 +260,15 @@ def upgrade_schema(engine: Engine) -> bool:
                 f"does not know (it knows up to {SCHEMA_REVISION}): a newer release upgraded it; install that "
                 "release, or point state_url at another database")
         upgraded = current != SCHEMA_REVISION
+        new = not sa_inspect(conn).get_table_names()
         if upgraded:
             command.upgrade(alembic_config(conn), "head")
         conn.commit()
-    if upgraded:
+    if upgraded and new:  # a first run: nothing to tell the user about
+        log.debug("state database %s created at schema revision %s", _where(engine), SCHEMA_REVISION)
+    elif upgraded:
         log.info("state database %s: schema upgraded from %s to revision %s", _where(engine),
-                 f"revision {current}" if current else "none (a new database, or one made by release 0.1.0)",
+                 f"revision {current}" if current else "none (a database made by release 0.1.0)",
                  SCHEMA_REVISION)
     return upgraded
 
