@@ -31,9 +31,9 @@ import httpx
 from label_studio_sdk import LabelStudio
 
 from ls_space_sync.labelstudio import CORE_TASK_FIELDS
-from ls_space_sync.records import VOLATILE_KEYS, table_to_tasks
-from ls_space_sync.state import RUNNING, StateDB, SyncRun
+from ls_space_sync.model.records import VOLATILE_KEYS, table_to_tasks
 from ls_space_sync.store import ProjectStore
+from ls_space_sync.store.state import RUNNING, StateDB, SyncRun
 
 ORIGIN_KEY = "ls_space_sync"
 
@@ -41,10 +41,17 @@ ORIGIN_KEY = "ls_space_sync"
 
 _ZYGOTE = r"""
 import atexit, io, json, os, select, sys, threading, traceback
-import ls_space_sync.cli as cli
-import ls_space_sync.sync, ls_space_sync.push, ls_space_sync.server, ls_space_sync.daemon  # noqa: F401
-import ls_space_sync.records, ls_space_sync.store, ls_space_sync.state, ls_space_sync.mirror  # noqa: F401
-import lance, pyarrow  # noqa: F401
+import importlib
+import ls_space_sync.cli as cli  # the console entry point, ls_space_sync.cli:run
+# Preloaded so that each forked command starts at once; a module that is not there is skipped.
+for name in ("lance", "pyarrow", "pandas", "label_studio_sdk", "sqlalchemy", "fastapi", "uvicorn", "apscheduler",
+             "ls_space_sync.cli.console", "ls_space_sync.cli.push", "ls_space_sync.cli.service",
+             "ls_space_sync.pull", "ls_space_sync.push", "ls_space_sync.service", "ls_space_sync.store",
+             "ls_space_sync.labelstudio", "ls_space_sync.model"):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
 
 def reply(obj):
     os.write(1, (json.dumps(obj) + "\n").encode())

@@ -16,12 +16,12 @@ Fault kinds (:data:`KINDS`), and when they strike:
 |---|---|---|
 | ``http_500``, ``http_502``, ``http_503`` | before or after forwarding | that status, a short JSON or HTML body |
 | ``http_429`` | before forwarding only | 429 with ``Retry-After: 0`` (a 429 means "not done") |
-| ``hang`` | before or after forwarding | nothing for ``hang_seconds`` (past the client's timeout), then the connection closes |
+| ``hang`` | before or after | nothing for ``hang_seconds`` (past the client's timeout), then the connection closes |
 | ``close_mid_body`` | after | the real status and headers, half the body, then the connection closes |
 | ``truncated_json`` | after | 200, a well-framed body that is the real JSON cut short |
 | ``non_json`` | after | 200 ``application/json`` whose bytes are not UTF-8 nor JSON |
 | ``body_null``, ``body_list``, ``body_empty_dict`` | after | 200 with ``null``, ``[]``, ``{}`` |
-| ``body_no_key`` | after | 200 with the real answer less the key the client reads (``tasks``, ``id``, ``results``, ``task_ids``) |
+| ``body_no_key`` | after | 200, the real answer less the key the client reads (``tasks``, ``id``, ``task_ids``) |
 
 "After forwarding" means the server did the request (an import created its tasks) and only the
 answer was lost or mangled, as behind a failing gateway. Every request and fault is recorded

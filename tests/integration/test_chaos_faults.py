@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ls_space_sync.state import utcnow
+from ls_space_sync.store.state import utcnow
 from tests.chaoslib import (
     Result,
     Server,
@@ -276,7 +276,7 @@ def test_a_broken_project_list_is_never_taken_for_no_projects(server, proxy, zyg
     """With ``projects: all`` the sync lists the projects first, and the daemon re-reads the list
     every poll interval: a broken answer must fail the pass clearly, never read as "no projects"
     (a sync that exits 0 having synced nothing; a daemon that unschedules every project)."""
-    from ls_space_sync.localserver import free_port
+    from ls_space_sync.quickstart.localserver import free_port
 
     pid = shared_project
     problems: list[str] = []
@@ -472,8 +472,8 @@ def test_the_daemon_under_random_faults(server, proxy, zygote, tmp_path):
     project, and once the faults stop the store becomes exact; SIGTERM then ends the daemon with 0."""
     from sqlalchemy import select
 
-    from ls_space_sync.localserver import free_port
-    from ls_space_sync.state import StateDB, SyncRun
+    from ls_space_sync.quickstart.localserver import free_port
+    from ls_space_sync.store.state import StateDB, SyncRun
 
     rng = random.Random(SEED + 7)
     pid = server.project(make_tasks(rng, 30), "chaos: the daemon")
@@ -587,7 +587,7 @@ def test_the_daemon_under_random_faults(server, proxy, zygote, tmp_path):
 def runs_of_all(state_url: str) -> list:
     from sqlalchemy import select
 
-    from ls_space_sync.state import StateDB, SyncRun
+    from ls_space_sync.store.state import StateDB, SyncRun
 
     db = StateDB(state_url)
     try:
@@ -602,7 +602,7 @@ def test_sigterm_while_the_daemon_lists_the_projects_stops_cleanly(server, proxy
     must stop with 0 and no traceback (found by the daemon test: it closed its HTTP client under
     the discover job, whose retry then raised ``RuntimeError: Cannot send a request, as the client
     has been closed``)."""
-    from ls_space_sync.localserver import free_port
+    from ls_space_sync.quickstart.localserver import free_port
 
     port = free_port()
     bench = Bench(server, proxy, zygote, tmp_path, "all", sections={

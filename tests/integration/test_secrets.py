@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ls_space_sync.localserver import free_port
+from ls_space_sync.quickstart.localserver import free_port
 from tests.chaoslib import Result, Server, Zygote, make_tasks, run_real, write_config
 from tests.faultproxy import FaultProxy, NoFaults, Script
 
