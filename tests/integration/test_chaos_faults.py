@@ -413,15 +413,15 @@ def test_a_push_that_failed_midway_is_not_taken_for_what_the_target_holds(server
 
 # Hangs cost a timeout each: rarer than the rest.
 WEIGHTS = {k: (0.4 if k == "hang" else 1.0) for k in KINDS}
-ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "22"))
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "20"))
 SYNC_ARGS = [(), (), (), ("--full-scan",)]
 
 
 def test_random_faults_over_many_sync_and_push_passes(server, proxy, zygote, tmp_path):
-    """22 rounds: random changes, then a sync pass and (most rounds) a push pass through the proxy,
+    """20 rounds: random changes, then a sync pass and (most rounds) a push pass through the proxy,
     which faults ~1 sync request in 6 and ~1 push request in 16 (seeded, every kind, bursts of 1-3
     so some outlast the retries) and the first request to every endpoint the passes use.
-    Some passes list the projects (``projects: all``). Bounded: 22 rounds or 200 s."""
+    Some passes list the projects (``projects: all``). Bounded: 20 rounds or 200 s."""
     rng = random.Random(SEED)
     pid = server.project(make_tasks(rng, 40), "chaos: random faults")
     target = server.project([], "chaos: random faults (push target)")

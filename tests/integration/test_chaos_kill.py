@@ -22,7 +22,10 @@ import shutil
 import time
 
 import pytest
+from sqlalchemy import select
 
+from ls_space_sync.store import ProjectStore
+from ls_space_sync.store.state import StateDB, SyncRun
 from tests.chaoslib import (
     Server,
     Zygote,
@@ -40,7 +43,8 @@ from tests.faultproxy import FaultProxy
 pytestmark = pytest.mark.integration
 
 SEED = int(os.environ.get("CHAOS_SEED", "20261201"))
-TASKS = 80  # a first sync: 16 pages of 5; a full scan: 4-6 pages of 20 stamps; a first push: 10 chunks of 8
+TASKS = 80  # a first sync: 16 pages of 5; a full scan: 4-6 pages of 20 stamps
+PUSH_TASKS = 64  # a first push: 8 chunks of 8
 VERBOSE = bool(os.environ.get("CHAOS_VERBOSE"))
 SYNC_KILLS = int(os.environ.get("CHAOS_SYNC_KILLS", "11"))
 PUSH_KILLS = int(os.environ.get("CHAOS_PUSH_KILLS", "9"))
@@ -61,7 +65,8 @@ class Killer:
         self.env = {"LABEL_STUDIO_API_KEY": server.key}
         self.problems: list[str] = []
         self.stats = {"trials": 0, "kills": 0, "finished before the kill": 0, "mismatches": 0,
-                      "killed after committing": 0, "left staging files": 0}
+                      "killed after committing": 0, "runs recovered by the next sync": 0,
+                      "left staging files": 0}
         self.expected: dict[str, int] = {}  # requests an unkilled run of each kind made
 
     def run(self, label: str, *argv: str):
@@ -75,29 +80,44 @@ class Killer:
         if VERBOSE:
             print(f"{time.monotonic():.2f} {text}")
 
-    def kill_during(self, label: str, kind: str, *argv: str) -> str:
-        """Start the command, SIGKILL it at a random moment; return when (for messages)."""
+    def kill_during(self, label: str, kind: str, *argv: str, at_commit: bool = False) -> str:
+        """Start the command, SIGKILL it at a random moment; return when (for messages).
+
+        ``at_commit``: the moment a new version appears in the dataset (the commit is done, the
+        tag and the checkpoint are not), plus 0-20 ms; the window a kill at a random time rarely hits.
+        """
         self.proxy.set_pass(label)
         expected = self.expected.get(kind, 15)
         k = self.rng.randint(0, expected)
         delay = self.rng.uniform(0, 0.5) if k == 0 else self.rng.uniform(0, 0.3) if k == expected \
             else self.rng.uniform(0, 0.1)
+        versions = self.root / f"project-{self.pid}.lance" / "_versions"
+        before = set(os.listdir(versions)) if versions.exists() else set()
         child = self.zygote.spawn(["--config", str(self.config), *argv], self.env)
-        if k:
+        if at_commit:
+            delay = self.rng.uniform(0, 0.004)
+            deadline = time.monotonic() + 60
+            while child.poll() is None and time.monotonic() < deadline and not (
+                    versions.exists() and set(os.listdir(versions)) - before):
+                time.sleep(0.0005)
+            when = f"when its version appeared + {delay * 1000:.1f} ms"
+        elif k:
             self.proxy.wait_for(lambda evs: sum(1 for e in evs if e.label == label and e.finished) >= k
                                 or child.poll() is not None, timeout=60)
         time.sleep(delay)
         self.stats["trials"] += 1
-        when = f"after {k} of ~{expected} requests + {delay:.2f} s"
+        if not at_commit:
+            when = f"after {k} of ~{expected} requests + {delay:.2f} s"
         if child.poll() is None:
             child.kill()
+        if child.wait(30).rc == -9:
             self.stats["kills"] += 1
         else:
             self.stats["finished before the kill"] += 1
             when += " (it had already exited)"
-            # a run of this kind needs fewer requests than guessed: aim the next kills inside it
-            made = sum(1 for e in self.proxy.requests(label))
-            self.expected[kind] = max(1, made - 1)
+            if not at_commit:  # a run of this kind needs fewer requests than guessed: aim inside it
+                made = sum(1 for e in self.proxy.requests(label))
+                self.expected[kind] = max(1, made - 1)
         result = child.wait(30)
         self.log(f"[{label}] killed {when}")
         # The server finishes what it was sent (an import the dead process started) before the next run.
@@ -112,6 +132,7 @@ class Killer:
     def check_store_after_kill(self, label: str, old: list[dict] | None) -> None:
         """The dataset opens at the old content or at the server's, no id twice."""
         self.server_now = self.server.tasks(self.pid)
+        self.dead = {r.run_id for r in running_runs(self.state_url)}  # the killed run, if it had started one
         try:
             now = stored_tasks(self.root, self.pid) if (self.root / f"project-{self.pid}.lance" / "_versions").exists() \
                 else None
@@ -143,6 +164,21 @@ class Killer:
             self.fail(label, "the next sync exited 0 but the store is not the server: " + "; ".join(diffs),
                       mismatch=True)
         self.check_no_running(label)
+        # the bookkeeping: every succeeded run's tag names its version (a run killed after its
+        # commit is recorded by the next one, which tags its version)
+        tags = ProjectStore(self.root, self.pid).tags()
+        db = StateDB(self.state_url)
+        try:
+            with db.Session() as s:
+                runs = list(s.scalars(select(SyncRun).where(SyncRun.project_id == self.pid, SyncRun.kind == "pull")))
+        finally:
+            db.dispose()
+        self.stats["runs recovered by the next sync"] += sum(1 for r in runs if r.run_id in self.dead and "recovered" in (
+            r.error or ""))
+        for r in runs:
+            if r.status == "succeeded" and r.tag and tags.get(r.tag) != r.version:
+                self.fail(label, f"run {r.run_id} succeeded with {r.tag} v{r.version}, but the dataset's tag "
+                          f"{r.tag} names {tags.get(r.tag)}")
 
     def check_no_running(self, label: str) -> None:
         left = running_runs(self.state_url)
@@ -213,8 +249,9 @@ def test_kill_9_of_sync_at_random_moments(server, label_studio, zygote, tmp_path
                 argv = ("sync", "--full-scan") if kind == "scan" else ("sync",)
                 what = f"{what}; {' '.join(argv)}"
             old = k.old_content()
+            at_commit = trial % 4 == 2  # trials 2, 6, 10 aim at the commit
             label = f"sync trial {trial} ({what})"
-            when = k.kill_during(label, kind, *argv)
+            when = k.kill_during(label, kind, *argv, at_commit=at_commit)
             label = f"{label}, killed {when}"
             k.check_store_after_kill(label, old)
             k.check_next_sync(f"{label}; the next sync")
@@ -228,10 +265,10 @@ def test_kill_9_of_sync_at_random_moments(server, label_studio, zygote, tmp_path
 
 def test_kill_9_of_push_at_random_moments(server, label_studio, zygote, tmp_path):
     rng = random.Random(SEED + 1)
-    pid = server.project(make_tasks(rng, TASKS), "chaos: kill -9 of push")
+    pid = server.project(make_tasks(rng, PUSH_TASKS), "chaos: kill -9 of push")
     with FaultProxy(label_studio.url) as proxy:
         k = Killer(server, proxy, zygote, tmp_path, pid, rng, page=10, scan_page=200, chunk=8)
-        k.expected = {"fresh": 2 * (TASKS // 8) + 3, "changes": 10}
+        k.expected = {"fresh": 2 * (PUSH_TASKS // 8) + 3, "changes": 10}
         assert k.run("first sync", "sync").rc == 0
         target = None
         trial = 0
