@@ -197,10 +197,13 @@ class Syncer(Workspace):
         plan.set_project(info, read_seconds=seconds)
 
     def _recover(self, project_id: int) -> list[str]:
-        """Finish the bookkeeping of runs whose process died (we hold the lock, so none is alive)."""
+        """Finish the bookkeeping of runs whose process died (we hold the lock, so none is alive),
+        and remove what they staged on disk."""
         store = self.store(project_id)
         recovered = []
         for run in self.state.running_runs(project_id):
+            # Its staged rows are no use now: committed, or to be fetched again by this run.
+            (staging_dir(self.root) / f"{run.run_id}.arrow").unlink(missing_ok=True)
             version = store.find_run(run.run_id)
             if version is None:
                 self.state.finish_run(run.run_id, FAILED, error="the process stopped before committing a version")

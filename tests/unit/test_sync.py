@@ -237,3 +237,18 @@ def test_fetch_error_is_raised_when_both_requests_fail(tmp_path, fake):
     with pytest.raises(ServerUnavailable, match="tasks of project 1"):
         syncer.run_once(1)
     assert syncer.store(1).version() == 1
+
+
+def test_a_run_that_died_leaves_no_staging_file_after_the_next_run(tmp_path, fake):
+    """kill -9 before the commit leaves <store>/.staging/<run_id>.arrow (the chaos kill test's find)."""
+    from ls_space_sync.pull.run import staging_dir
+
+    fake.add("a")
+    syncer = make_syncer(tmp_path)
+    dead = syncer.state.start_run(1)  # its process died before committing
+    staged = staging_dir(syncer.root) / f"{dead.run_id}.arrow"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(b"half a page")
+    assert syncer.run_once(1).status == SUCCEEDED
+    assert not staged.exists()
+    assert syncer.state.runs(1)[-1].status == FAILED
