@@ -188,20 +188,6 @@ class Bench:
         assert_no_problems(self.problems)
 
 
-@pytest.fixture(scope="module")
-def server(label_studio):
-    s = Server(label_studio)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("chaos-cli"))
-    yield z
-    z.close()
-
-
 @pytest.fixture
 def proxy(label_studio):
     with FaultProxy(label_studio.url, hang_seconds=HANG) as p:

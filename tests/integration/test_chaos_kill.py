@@ -201,20 +201,6 @@ class Killer:
         return stored_tasks(self.root, self.pid)
 
 
-@pytest.fixture(scope="module")
-def server(label_studio):
-    s = Server(label_studio)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("chaos-kill-cli"))
-    yield z
-    z.close()
-
-
 def report(name: str, **counts) -> None:
     import json
 

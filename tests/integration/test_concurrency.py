@@ -15,8 +15,6 @@ import threading
 import pytest
 
 from tests.chaoslib import (
-    Server,
-    Zygote,
     error_message,
     make_tasks,
     popen_real,
@@ -32,20 +30,6 @@ from tests.chaoslib import (
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def server(label_studio):
-    s = Server(label_studio)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("chaos-concurrency-cli"))
-    yield z
-    z.close()
 
 
 def wait_exit(proc, timeout: float = 120) -> int:

@@ -22,17 +22,10 @@ import httpx
 import pytest
 
 from ls_space_sync.quickstart.localserver import free_port
-from tests.chaoslib import Result, Server, Zygote, make_tasks, run_real, write_config
+from tests.chaoslib import Result, make_tasks, run_real, write_config
 from tests.faultproxy import FaultProxy, NoFaults, Script
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def server(label_studio):
-    s = Server(label_studio)
-    yield s
-    s.close()
 
 
 def leaks(secret: str, data_dir: Path, results: list[Result], extra: dict[str, str] | None = None) -> list[str]:
@@ -52,13 +45,6 @@ def leaks(secret: str, data_dir: Path, results: list[Result], extra: dict[str, s
         if secret in text:
             found.append(f"{name}: ...{text[max(0, text.index(secret) - 120):text.index(secret) + 50]}...")
     return found
-
-
-@pytest.fixture(scope="module")
-def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("chaos-secrets-cli"))
-    yield z
-    z.close()
 
 
 def test_the_token_never_shows_even_when_an_error_page_echoes_it(server, label_studio, zygote, tmp_path):
