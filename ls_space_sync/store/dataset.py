@@ -182,6 +182,17 @@ class ProjectStore:
         self.root = Path(root)
         self.project_id = project_id
         self.uri = str(self.root / f"project-{project_id}.lance")
+        # Passed to every ``lance`` call on this project's datasets (object-store endpoints and
+        # credentials); ``None`` for a local folder.
+        self.storage_options: dict[str, str] | None = None
+
+    def sibling_uri(self, kind: str) -> str:
+        """Where a dataset that belongs to this project lives beside it: ``project-<id>.<kind>.lance``.
+
+        Derived datasets (media blobs, materialized views) open their Lance dataset here, with
+        :attr:`storage_options`, so they follow the project's dataset to wherever the store is.
+        """
+        return str(self.root / f"project-{self.project_id}.{kind}.lance")
 
     def exists(self) -> bool:
         """Whether the dataset has been created (by a first sync that found tasks)."""
