@@ -15,13 +15,15 @@ prints it and exits with code 2.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from ls_space_sync.errors import Terminal
+from ls_space_sync.errors import Terminal, register_secret
 
 ENV_PREFIX = "LS_SPACE_SYNC__"
 DEFAULT_CONFIG_FILE = "config.yaml"
@@ -137,7 +139,13 @@ class Settings(_Section):
     projects: list[int] | Literal["all"] = "all"
     data_dir: Path = Path("./ls-space-data")
     state_url: str | None = None
-    store_root: Path | None = None
+    # A folder, or a URI where Lance writes: s3://bucket/prefix, gs://, az://, file:// (see StoreRoot).
+    store_root: str | None = None
+    # Lance's options for an object-store root (aws_endpoint, aws_region, allow_http, ...);
+    # credentials come from the usual environment variables (AWS_ACCESS_KEY_ID, ...).
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    # The local folder of the staging files and locks when store_root is a URI (default: data_dir/staging).
+    staging_dir: Path | None = None
     sync: SyncSettings = Field(default_factory=SyncSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     schedules: dict[int, ScheduleSettings] = Field(default_factory=dict)
@@ -161,10 +169,35 @@ class Settings(_Section):
         """The SQLAlchemy URL of the state database (default: SQLite file in ``data_dir``)."""
         return self.state_url or f"sqlite:///{(self.data_dir / 'state.db').resolve()}"
 
+    @field_validator("store_root", mode="before")
+    @classmethod
+    def _store_root(cls, v: Any) -> Any:
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        if isinstance(v, str) and "://" in v and not v.startswith("file://"):
+            StoreRoot.parse(v, {}, Path("."))  # a bad URI fails here, naming the fix
+        return v
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _storage_options(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        # YAML's true/1 are Lance's "true"/"1": every option is a string to object_store.
+        return {str(k): (str(x).lower() if isinstance(x, bool) else str(x)) for k, x in v.items()}
+
     @property
-    def resolved_store_root(self) -> Path:
-        """The folder that holds one Lance dataset per project."""
-        return (self.store_root or self.data_dir / "datasets").resolve()
+    def resolved_store_root(self) -> Path | StoreRoot:
+        """Where the project datasets live: the folder (a ``Path``, as for every local store) or,
+        for an object-store URI, a :class:`StoreRoot` carrying the storage options."""
+        root = self.store_root
+        if root is None or "://" not in root or root.startswith("file://"):
+            return (Path(_file_path(root)) if root else self.data_dir / "datasets").resolve()
+        for key, value in self.storage_options.items():
+            if _is_secret_name(key):
+                register_secret(value)
+        local = (self.staging_dir or self.data_dir / "staging").resolve()
+        return StoreRoot.parse(root, self.storage_options, local)
 
     def require_label_studio(self) -> tuple[str, str]:
         """Return ``(url, api_key)``; raise :class:`ConfigError` naming the fix if either is missing."""
@@ -179,6 +212,76 @@ class Settings(_Section):
                 "LABEL_STUDIO_API_KEY (Label Studio > Account & Settings > Access Token)"
             )
         return self.label_studio.url, self.label_studio.api_key.get_secret_value()
+
+
+# The object stores Lance writes (its object_store backends); file:// is a local folder.
+STORE_SCHEMES = {"s3": "S3 or S3-compatible", "gs": "Google Cloud Storage", "az": "Azure Blob Storage",
+                 "abfss": "Azure Data Lake"}
+_SECRET_WORDS = ("secret", "token", "password", "sas", "key", "credential")
+
+
+def _is_secret_name(name: str) -> bool:
+    """Whether a storage option or environment variable holds a credential (masked everywhere)."""
+    return any(word in name.lower() for word in _SECRET_WORDS)
+
+
+def _file_path(root: str) -> str:
+    return unquote(urlsplit(root).path) if root.startswith("file://") else root
+
+
+@dataclass(frozen=True)
+class StoreRoot:
+    """An object-store location of the project datasets, ``s3://bucket/prefix`` and the like.
+
+    A local store root stays a ``Path`` (``Settings.resolved_store_root``); this is the other kind.
+    Lance reads and writes it with :attr:`storage_options` (object_store's keys: ``aws_endpoint``,
+    ``aws_region``, ``allow_http``, ...) and takes credentials the usual way (``AWS_ACCESS_KEY_ID``
+    and ``AWS_SECRET_ACCESS_KEY``, a profile or an instance role; ``GOOGLE_APPLICATION_CREDENTIALS``;
+    ``AZURE_STORAGE_ACCOUNT_NAME`` and ``AZURE_STORAGE_ACCOUNT_KEY``), never from this project's files.
+
+    Attributes:
+        uri: ``scheme://bucket/prefix`` without a trailing slash.
+        storage_options: passed to every Lance call on the store (may hold secrets: never log it).
+        local_dir: the local folder of staging files and project locks (``staging_dir``).
+    """
+
+    uri: str
+    storage_options: dict[str, str]
+    local_dir: Path
+
+    @classmethod
+    def parse(cls, uri: str, storage_options: Mapping[str, str], local_dir: Path) -> StoreRoot:
+        """Check an object-store URI and build the root.
+
+        Raises:
+            ConfigError: an unknown scheme, no bucket, or credentials inside the URI.
+        """
+        parts = urlsplit(uri)
+        if parts.scheme not in STORE_SCHEMES:
+            raise ConfigError(
+                f"store_root {parts.scheme}://... is not a store Lance writes; use a folder or one of "
+                + ", ".join(f"{s}:// ({what})" for s, what in STORE_SCHEMES.items()) + ", file:// (a folder)")
+        if "@" in parts.netloc or parts.password:
+            raise ConfigError("store_root must not hold credentials; remove user:password@ from it and set "
+                              "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or your cloud's variables) instead")
+        if not parts.netloc:
+            raise ConfigError(f"store_root {uri!r} names no bucket; write it as {parts.scheme}://bucket/prefix")
+        return cls(uri.rstrip("/"), dict(storage_options), local_dir)
+
+    @property
+    def scheme(self) -> str:
+        """``s3``, ``gs``, ``az``, ..."""
+        return urlsplit(self.uri).scheme
+
+    def join(self, name: str) -> str:
+        """The URI of ``name`` (a dataset folder) under the root."""
+        return f"{self.uri}/{name}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:  # never the storage options: they may hold credentials
+        return f"StoreRoot({self.uri!r})"
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -202,7 +305,7 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
         if not path:
             continue
-        secret = path[-1] in {"api_key", "webhook_secret", "auth"}
+        secret = path[-1] in {"api_key", "webhook_secret", "auth"} or path[0] == "storage_options"
         _set_path(out, path, raw if secret else yaml.safe_load(raw))
     return out
 
@@ -264,6 +367,10 @@ def load_settings(
     elif explicit:
         raise ConfigError(f"config file {path} does not exist; pass an existing file to --config")
     data = _merge(data, _env_overrides(env))
+    for name, value in env.items():
+        # Object-store credentials that Lance reads from the environment: never in a message.
+        if name.startswith(("AWS_", "AZURE_", "GOOGLE_")) and _is_secret_name(name):
+            register_secret(value)
     data = _merge(data, overrides or {})
     try:
         return Settings.model_validate(data)

@@ -43,7 +43,7 @@ from ls_space_sync.logs import run_context
 from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
 from ls_space_sync.model.records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
 from ls_space_sync.store.compaction import merge_small_fragments
-from ls_space_sync.store.dataset import ProjectStore, Staging, project_lock
+from ls_space_sync.store.dataset import ProjectStore, Root, Staging, local_dir, project_lock
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, SyncRun
 from ls_space_sync.workspace import Workspace
 
@@ -394,6 +394,6 @@ def _result(run: SyncRun, project_id: int) -> RunResult:
     )
 
 
-def staging_dir(root: Path) -> Path:
-    """Where runs stage rows before their commit."""
-    return root / ".staging"
+def staging_dir(root: Root) -> Path:
+    """Where runs stage rows before their commit: on local disk, for an object store too."""
+    return local_dir(root) / ".staging"

@@ -209,7 +209,10 @@ def torch_iterable(ds: lance.LanceDataset, *, regions: bool = False, where: str 
         MissingExtra: ``torch`` is not installed (extra ``torch``).
     """
     require("torch", "torch", "torch_iterable")
-    return _lance_tasks_class()(ds.uri, ds.version, regions=regions, where=where, source=source, transform=transform)
+    # The dataset's own storage options (an object store's endpoint), for each worker's reopen.
+    options = ds.initial_storage_options
+    return _lance_tasks_class()(ds.uri, ds.version, regions=regions, where=where, source=source, transform=transform,
+                                storage_options=options)
 
 
 @functools.cache
@@ -221,13 +224,14 @@ def _lance_tasks_class() -> type:
         """Items of one Lance dataset version, sharded over DataLoader workers by fragment."""
 
         def __init__(self, uri: str, version: int, *, regions: bool, where: str | None, source: str,
-                     transform: Callable[[dict[str, Any]], Any] | None) -> None:
+                     transform: Callable[[dict[str, Any]], Any] | None,
+                     storage_options: dict[str, str] | None = None) -> None:
             super().__init__()
-            self.uri, self.version = uri, version
+            self.uri, self.version, self.storage_options = uri, version, storage_options
             self.regions, self.where, self.source, self.transform = regions, where, source, transform
 
         def __iter__(self) -> Iterator[Any]:
-            ds = lance.dataset(self.uri, version=self.version)
+            ds = lance.dataset(self.uri, version=self.version, storage_options=self.storage_options)
             fragments = ds.get_fragments()
             worker = get_worker_info()
             if worker is not None:

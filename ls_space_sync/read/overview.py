@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import select
 
-from ls_space_sync.store.dataset import ProjectStore, stored_projects
+from ls_space_sync.store.dataset import ProjectStore, Root, stored_projects
 from ls_space_sync.store.state import FAILED, ProjectCursor, StateDB, SyncRun, utcnow
 
 # Runs read per project to count the failures in a row (more show as "50+").
@@ -68,7 +67,7 @@ class Overview:
         return {"at": self.at.isoformat(), "failing": self.failing, "projects": [p.as_dict() for p in self.projects]}
 
 
-def known_projects(state: StateDB, root: Path, configured: Iterable[int] = ()) -> list[int]:
+def known_projects(state: StateDB, root: Root, configured: Iterable[int] = ()) -> list[int]:
     """The configured projects, those with a dataset under ``root`` and those with runs or a
     checkpoint in the state database (sorted)."""
     with state.Session() as s:
@@ -77,7 +76,7 @@ def known_projects(state: StateDB, root: Path, configured: Iterable[int] = ()) -
     return sorted(set(configured) | set(stored_projects(root)) | ran | checked)
 
 
-def project_overview(state: StateDB, root: Path, project_id: int) -> ProjectOverview:
+def project_overview(state: StateDB, root: Root, project_id: int) -> ProjectOverview:
     """One project's :class:`ProjectOverview`."""
     out = ProjectOverview(project_id)
     runs = state.runs(project_id, limit=RUNS_READ, kind="pull")
@@ -101,7 +100,7 @@ def project_overview(state: StateDB, root: Path, project_id: int) -> ProjectOver
     return out
 
 
-def overview(state: StateDB, root: Path, configured: Iterable[int] = (),
+def overview(state: StateDB, root: Root, configured: Iterable[int] = (),
              only: Iterable[int] | None = None) -> Overview:
     """The :class:`Overview` of ``only`` (default: every :func:`known_projects`)."""
     ids = sorted(set(only)) if only else known_projects(state, root, configured)

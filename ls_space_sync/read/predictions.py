@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 from sqlalchemy import or_, select
 
 from ls_space_sync.errors import Terminal
-from ls_space_sync.store.dataset import ProjectStore, stored_projects
+from ls_space_sync.store.dataset import ProjectStore, Root, stored_projects
 from ls_space_sync.store.state import PushLink, StateDB
 
 # Task ids per dataset filter (Lance's ``id IN (...)``); Label Studio sends batches of tasks.
@@ -76,7 +75,7 @@ def linked_projects(state: StateDB, project_id: int) -> list[int]:
         return sorted({*targets, *sources} - {project_id})
 
 
-def resolve_tag(root: Path, state: StateDB, project_id: int, tag: str, source: int | None = None) -> TagSource:
+def resolve_tag(root: Root, state: StateDB, project_id: int, tag: str, source: int | None = None) -> TagSource:
     """Find the dataset that serves ``tag`` to the connected project (see the module's rules).
 
     Args:
@@ -188,7 +187,7 @@ def as_predictions(annotations: Sequence[dict[str, Any]], model_version: str) ->
     return out
 
 
-def tag_predictions(root: Path, state: StateDB, source: TagSource,
+def tag_predictions(root: Root, state: StateDB, source: TagSource,
                     tasks: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Each task's annotations at the tag as predictions, in the order of ``tasks``.
 

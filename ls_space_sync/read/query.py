@@ -25,7 +25,7 @@ from ls_space_sync.errors import Terminal
 from ls_space_sync.model.refs import Ref
 from ls_space_sync.read.diff import open_ref
 from ls_space_sync.read.examples import EXAMPLES
-from ls_space_sync.store.dataset import ProjectStore, stored_projects  # noqa: F401 - stored_projects: its old home
+from ls_space_sync.store.dataset import ProjectStore, Root, stored_projects  # noqa: F401 - stored_projects: its old home
 
 _TABLE = re.compile(r"^project_(\d+)$")
 
@@ -63,7 +63,7 @@ def _identifiers(query: str) -> list[str]:
     return out
 
 
-def referenced_projects(query: str, root: Path) -> list[int]:
+def referenced_projects(query: str, root: Root) -> list[int]:
     """Project ids whose tables a query names.
 
     DuckDB names the tables of most queries (``get_table_names``); for those it cannot bind
@@ -87,7 +87,7 @@ def referenced_projects(query: str, root: Path) -> list[int]:
 
 
 def connect(
-    root: Path,
+    root: Root,
     *,
     ref: Ref | str | int | None = None,
     refs: Mapping[int, Ref | str | int | None] | None = None,
@@ -117,7 +117,7 @@ def connect(
 
 
 def run(
-    root: Path,
+    root: Root,
     query: str,
     *,
     ref: Ref | str | int | None = None,
@@ -181,7 +181,7 @@ def write_result(con: duckdb.DuckDBPyConnection, relation: Any, path: Path) -> i
     return int(row[0])
 
 
-def sql(root: Path, query: str, **refs: Any) -> pa.Table:
+def sql(root: Root, query: str, **refs: Any) -> pa.Table:
     """Run a query (see :func:`run`) and return its result as an Arrow table."""
     con, relation = run(root, query, **refs)
     try:

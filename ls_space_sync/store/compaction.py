@@ -16,7 +16,8 @@ write lock:
    cleanup would delete are checked against the files of every tagged version, and the run is
    refused if any would go. After cleanup each tag is opened again and its row count compared.
 
-Disk use (bytes and files under the dataset folder) is measured before and after.
+Disk use (bytes and files under the dataset folder) is measured before and after; in an object
+store by listing the dataset's prefix (bytes only on S3, through pyarrow's S3 client).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import lance
+import pyarrow.fs as pafs
+from lance.file import LanceFileSession
 
-from ls_space_sync.settings import Settings
+from ls_space_sync.settings import Settings, StoreRoot
 from ls_space_sync.store.dataset import ProjectStore, StoreError, project_lock, version_time
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,38 @@ def disk_usage(path: str | Path) -> tuple[int, int]:
             total += p.stat().st_size
             files += 1
     return total, files
+
+
+def store_usage(store: ProjectStore) -> tuple[int | None, int]:
+    """Return ``(bytes, files)`` of a project's dataset, local or in an object store.
+
+    An object store is listed with Lance's client (the files); bytes are measured on S3 only
+    (pyarrow's S3 client, with the same endpoint, region and credentials), else ``None``.
+    """
+    if not isinstance(store.root, StoreRoot):
+        return disk_usage(store.uri)
+    files = len(LanceFileSession(store.uri, storage_options=store.storage_options).list())
+    if store.root.scheme != "s3":
+        return None, files
+    return _s3_bytes(store.uri, store.storage_options or {}), files
+
+
+def _s3_bytes(uri: str, options: dict[str, str]) -> int | None:
+    """Bytes under an ``s3://`` prefix, with Lance's storage options mapped to pyarrow's S3 client."""
+    opt = {k.lower(): v for k, v in options.items()}
+    args: dict[str, Any] = {"allow_bucket_creation": False}
+    for ours, theirs in (("aws_endpoint", "endpoint_override"), ("endpoint", "endpoint_override"),
+                         ("aws_region", "region"), ("region", "region"), ("aws_access_key_id", "access_key"),
+                         ("aws_secret_access_key", "secret_key"), ("aws_session_token", "session_token")):
+        if ours in opt:
+            args[theirs] = opt[ours]
+    try:
+        fs = pafs.S3FileSystem(**args)
+        infos = fs.get_file_info(pafs.FileSelector(uri[len("s3://"):], recursive=True, allow_not_found=True))
+    except (OSError, ValueError) as exc:  # a measurement only: never fail the compaction for it
+        log.warning("could not measure the bytes of %s: %s", uri, str(exc).splitlines()[0][:200])
+        return None
+    return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
 
 
 def tags_to_prune(
@@ -259,7 +294,7 @@ def compact_project(
     with project_lock(root, project_id):
         if not store.exists():
             return CompactionReport(project_id, "no dataset", seconds=0.0)
-        bytes_before, files_before = disk_usage(store.uri)
+        bytes_before, files_before = store_usage(store)
         ds = store.dataset()
         report = CompactionReport(
             project_id,
@@ -293,7 +328,7 @@ def compact_project(
                 raise StoreError(f"tag {name} changed during compaction: v{version} {rows} rows -> "
                                  f"v{after.version} {after.count_rows()} rows")
         ds = store.dataset()
-        report.bytes_after, report.files_after = disk_usage(store.uri)
+        report.bytes_after, report.files_after = store_usage(store)
         report.fragments_after = len(ds.get_fragments())
         report.version_after = ds.version
         report.versions_removed = stats.old_versions

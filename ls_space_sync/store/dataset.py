@@ -9,29 +9,40 @@ its last version. Two writers on one dataset = last writer wins, so callers hold
 
 Rows are staged on disk (Arrow IPC, read back batch by batch) while pages arrive, so a sync holds
 one page of tasks in memory, not the project.
+
+The store root is a local folder (a ``Path``) or an object-store location
+(:class:`ls_space_sync.settings.StoreRoot`, ``s3://bucket/prefix``): Lance reads and writes both,
+given the root's storage options. Staging files and the file locks always stay on local disk
+(:func:`local_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
-import shutil
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
+from urllib.parse import urlsplit
 
 import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 from filelock import FileLock, Timeout
+from lance.file import LanceFileSession
 
-from ls_space_sync.errors import LsSpaceSyncError, Retriable, UsageError
+from ls_space_sync.errors import LsSpaceSyncError, Retriable, Terminal, UsageError
 from ls_space_sync.model.changes import Stamp
 from ls_space_sync.model.records import STAMP_COLUMNS
 from ls_space_sync.model.refs import Ref, parse_time
+from ls_space_sync.settings import StoreRoot
+
+# A store root as callers hold it: a local folder, or an object-store location.
+Root = Union[Path, str, StoreRoot]
 
 PROP_PREFIX = "ls_space_sync."
 # Column data Lance's writer buffers before it writes pages, across all columns. Its default is
@@ -48,6 +59,16 @@ class StoreError(LsSpaceSyncError):
 
 class ProjectLocked(StoreError, Retriable):
     """Another process or thread is writing this project's dataset."""
+
+
+class StoreAccessError(StoreError, Terminal):
+    """An object store that refuses us: no credentials, wrong credentials, no such bucket."""
+
+    exit_code = 2
+
+
+class StoreUnreachable(StoreError, Retriable):
+    """An object store that does not answer (down, wrong endpoint); the same call may work later."""
 
 
 class BadFilter(UsageError, ValueError):
@@ -82,16 +103,29 @@ _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
+def local_dir(root: Root) -> Path:
+    """The local folder of a store root's staging files and locks: the root itself for a folder,
+    ``StoreRoot.local_dir`` (the ``staging_dir`` setting) for an object store."""
+    return root.local_dir if isinstance(root, StoreRoot) else Path(root)
+
+
+def is_local(root: Root) -> bool:
+    """Whether the store root is a local folder (not an object store)."""
+    return not isinstance(root, StoreRoot)
+
+
 @contextmanager
-def project_lock(root: Path, project_id: int) -> Iterator[None]:
+def project_lock(root: Root, project_id: int) -> Iterator[None]:
     """Hold the one-writer lock of a project's dataset, or raise :class:`ProjectLocked` at once.
 
-    An OS file lock (``<root>/project-<id>.lock``, fcntl on POSIX) that the kernel releases when
-    its holder dies, so a crashed sync never blocks the next one; plus a thread lock, because file
-    locks do not exclude threads of the same process.
+    An OS file lock (``<local_dir(root)>/project-<id>.lock``, fcntl on POSIX) that the kernel
+    releases when its holder dies, so a crashed sync never blocks the next one; plus a thread lock,
+    because file locks do not exclude threads of the same process. For an object-store root the
+    lock file is in the local ``staging_dir``: it excludes writers on this host only.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    path = str(root / f"project-{project_id}.lock")
+    folder = local_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str(folder / f"project-{project_id}.lock")
     with _thread_locks_guard:
         tlock = _thread_locks.setdefault(path, threading.Lock())
     if not tlock.acquire(blocking=False):
@@ -170,21 +204,53 @@ def version_time(value: int | datetime) -> datetime:
 
 
 
+def _join(root: Path | StoreRoot, name: str) -> str:
+    return root.join(name) if isinstance(root, StoreRoot) else str(root / name)
+
+
+def _store_errors(root: StoreRoot, exc: Exception) -> StoreError:
+    """Lance's error on an object store as one line naming the fix (never the storage options)."""
+    text = str(exc)
+    bucket = urlsplit(root.uri).netloc
+    creds = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or run with an instance role)",
+             "gs": "GOOGLE_APPLICATION_CREDENTIALS (a service account key file)"}.get(
+        root.scheme, "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY")
+    if "credential" in text.lower() and ("failed to" in text.lower() or "no " in text.lower()):
+        return StoreAccessError(f"no credentials for the store {root.uri}: set {creds} in the environment "
+                                "of ls-space-sync (never in the config file)")
+    if "NoSuchBucket" in text:
+        return StoreAccessError(f"the bucket {bucket} of store_root {root.uri} does not exist; create it "
+                                "or fix store_root (and storage_options.aws_endpoint for an S3-compatible server)")
+    if any(code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden")):
+        return StoreAccessError(f"the object store refused the credentials for {root.uri}; check {creds}")
+    if "error sending request" in text or "Connection refused" in text or "dns error" in text:
+        endpoint = root.storage_options.get("aws_endpoint") or root.storage_options.get("endpoint") or "its default endpoint"
+        return StoreUnreachable(f"cannot reach the object store of {root.uri} at {endpoint}; check that it is up "
+                                "and storage_options (aws_endpoint, allow_http for http://)")
+    return StoreError(f"the store {root.uri} failed: {_RUST_SOURCE.sub('', text).splitlines()[0][:300]}")
+
+
+def _session(root: StoreRoot) -> LanceFileSession:
+    return LanceFileSession(root.uri, storage_options=root.storage_options)
+
+
 class ProjectStore:
     """One project's Lance dataset at ``<root>/project-<id>.lance``.
 
     Args:
-        root: the store root folder (``Settings.resolved_store_root``).
+        root: the store root (``Settings.resolved_store_root``): a folder, or an object-store
+            :class:`ls_space_sync.settings.StoreRoot` whose storage options every Lance call gets.
         project_id: the Label Studio project id.
     """
 
-    def __init__(self, root: Path, project_id: int):
-        self.root = Path(root)
+    def __init__(self, root: Root, project_id: int):
+        self.root: Path | StoreRoot = root if isinstance(root, StoreRoot) else Path(root)
         self.project_id = project_id
-        self.uri = str(self.root / f"project-{project_id}.lance")
+        self.uri = _join(self.root, f"project-{project_id}.lance")
         # Passed to every ``lance`` call on this project's datasets (object-store endpoints and
         # credentials); ``None`` for a local folder.
-        self.storage_options: dict[str, str] | None = None
+        self.storage_options: dict[str, str] | None = (
+            dict(self.root.storage_options) if isinstance(self.root, StoreRoot) else None)
 
     def sibling_uri(self, kind: str) -> str:
         """Where a dataset that belongs to this project lives beside it: ``project-<id>.<kind>.lance``.
@@ -192,11 +258,25 @@ class ProjectStore:
         Derived datasets (media blobs, materialized views) open their Lance dataset here, with
         :attr:`storage_options`, so they follow the project's dataset to wherever the store is.
         """
-        return str(self.root / f"project-{self.project_id}.{kind}.lance")
+        return _join(self.root, f"project-{self.project_id}.{kind}.lance")
 
     def exists(self) -> bool:
-        """Whether the dataset has been created (by a first sync that found tasks)."""
-        return (Path(self.uri) / "_versions").exists()
+        """Whether the dataset has been created (by a first sync that found tasks).
+
+        Raises:
+            StoreAccessError: an object store without credentials or bucket (one line, the fix).
+            StoreUnreachable: an object store that does not answer.
+        """
+        if not isinstance(self.root, StoreRoot):
+            return (Path(self.uri) / "_versions").exists()
+        try:
+            listing = _session(self.root).list_with_delimiter(f"project-{self.project_id}.lance/_versions")
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise _store_errors(self.root, exc) from None
+        return bool(listing.objects)
+
+    def _open(self, version: int | str | None = None) -> lance.LanceDataset:
+        return lance.dataset(self.uri, version=version, storage_options=self.storage_options)
 
     def dataset(
         self, version: int | str | None = None, *, as_of: datetime | str | None = None
@@ -212,13 +292,13 @@ class ProjectStore:
             version = int(version)
         if as_of is not None:
             when = parse_time(as_of)
-            ds = lance.dataset(self.uri)
+            ds = self._open()
             candidates = [v["version"] for v in ds.versions() if version_time(v["timestamp"]) <= when]
             if not candidates:
                 raise StoreError(f"project {self.project_id} had no version at {when.isoformat()}")
             version = max(candidates)
         try:
-            return lance.dataset(self.uri, version=version)
+            return self._open(version)
         except (ValueError, OSError) as exc:
             known = ", ".join(sorted(self.tags())[-5:]) or "none"
             raise StoreError(
@@ -276,13 +356,16 @@ class ProjectStore:
         """
         props = {PROP_PREFIX + k: v for k, v in properties.items()}
         if not self.exists():
-            Path(self.root).mkdir(parents=True, exist_ok=True)
-            ds = lance.write_dataset(rows, self.uri, schema=rows.schema, mode="create", transaction_properties=props,
-                                     data_cache_bytes=WRITE_BUFFER_BYTES)
-            if ds.count_rows() == 0:
+            batches = iter(rows)
+            first = next((b for b in batches if b.num_rows), None)
+            if first is None:
                 # A project with no tasks: no dataset rather than an empty first version.
-                shutil.rmtree(self.uri, ignore_errors=True)
                 return None
+            if isinstance(self.root, Path):
+                self.root.mkdir(parents=True, exist_ok=True)
+            ds = lance.write_dataset(pa.RecordBatchReader.from_batches(rows.schema, itertools.chain([first], batches)),
+                                     self.uri, schema=rows.schema, mode="create", transaction_properties=props,
+                                     data_cache_bytes=WRITE_BUFFER_BYTES, storage_options=self.storage_options)
             return ds.version, {"num_inserted_rows": ds.count_rows(), "num_updated_rows": 0, "num_deleted_rows": 0}
         ds = self.dataset()
         builder = ds.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
@@ -292,7 +375,7 @@ class ProjectStore:
         if not any(stats.values()):
             return None
         txn = dataclasses.replace(txn, transaction_properties=props)
-        new = lance.LanceDataset.commit(self.uri, txn, read_version=ds.version)
+        new = lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, storage_options=self.storage_options)
         return new.version, stats
 
     def properties(self, version: int) -> dict[str, str]:
@@ -381,11 +464,26 @@ class ProjectStore:
         return out
 
 
-def stored_projects(root: Path) -> list[int]:
-    """Ids of the projects that have a dataset under the store root."""
+def stored_projects(root: Root) -> list[int]:
+    """Ids of the projects that have a dataset under the store root.
+
+    A folder is globbed; an object store is listed one level deep with Lance's own client
+    (``LanceFileSession.list_with_delimiter``: the same storage options and credentials as the
+    datasets, no second S3/GCS/Azure client to configure).
+
+    Raises:
+        StoreAccessError, StoreUnreachable: an object store that refuses us or does not answer.
+    """
+    if isinstance(root, StoreRoot):
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in _session(root).list_with_delimiter().common_prefixes]
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise _store_errors(root, exc) from None
+    else:
+        names = [path.name for path in Path(root).glob("project-*.lance")]
     out = []
-    for path in Path(root).glob("project-*.lance"):
-        suffix = path.name[len("project-"):-len(".lance")]
+    for name in names:
+        suffix = name[len("project-"):-len(".lance")] if name.startswith("project-") and name.endswith(".lance") else ""
         if suffix.isdigit() and ProjectStore(root, int(suffix)).exists():
             out.append(int(suffix))
     return sorted(out)
