@@ -19,6 +19,7 @@ import pytest
 from label_studio_sdk import LabelStudio
 
 from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv
+from tests.objectstore import SeaweedS3
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_VENV"
@@ -89,3 +90,17 @@ def new_project(ls_client: LabelStudio) -> Iterator[Callable[..., int]]:
     for project_id in created:
         with contextlib.suppress(Exception):
             ls_client.projects.delete(id=project_id)
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[SeaweedS3]:
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 with one bucket, shared by the session
+    (started on first use, stopped at the end); see tests/objectstore.py."""
+    try:
+        server = SeaweedS3().start()
+    except Exception as exc:  # noqa: BLE001 - any reason must fail the test, not skip it
+        pytest.fail(f"could not start the S3-compatible server: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
