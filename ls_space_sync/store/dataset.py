@@ -217,7 +217,7 @@ def _store_errors(root: StoreRoot, exc: Exception) -> StoreError:
         root.scheme, "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY")
     if "credential" in text.lower() and ("failed to" in text.lower() or "no " in text.lower()):
         return StoreAccessError(f"no credentials for the store {root.uri}: set {creds} in the environment "
-                                "of ls-space-sync (never in the config file)")
+                                "of ls-space-sync")
     if "NoSuchBucket" in text:
         return StoreAccessError(f"the bucket {bucket} of store_root {root.uri} does not exist; create it "
                                 "or fix store_root (and storage_options.aws_endpoint for an S3-compatible server)")
