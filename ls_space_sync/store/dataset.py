@@ -251,6 +251,7 @@ class ProjectStore:
         # credentials); ``None`` for a local folder.
         self.storage_options: dict[str, str] | None = (
             dict(self.root.storage_options) if isinstance(self.root, StoreRoot) else None)
+        self._exists = False
 
     def sibling_uri(self, kind: str) -> str:
         """Where a dataset that belongs to this project lives beside it: ``project-<id>.<kind>.lance``.
@@ -269,11 +270,14 @@ class ProjectStore:
         """
         if not isinstance(self.root, StoreRoot):
             return (Path(self.uri) / "_versions").exists()
+        if self._exists:  # a dataset is never removed by this package: one LIST request per store object
+            return True
         try:
             listing = _session(self.root).list_with_delimiter(f"project-{self.project_id}.lance/_versions")
         except (OSError, RuntimeError, ValueError) as exc:
             raise _store_errors(self.root, exc) from None
-        return bool(listing.objects)
+        self._exists = bool(listing.objects)
+        return self._exists
 
     def _open(self, version: int | str | None = None) -> lance.LanceDataset:
         return lance.dataset(self.uri, version=version, storage_options=self.storage_options)
