@@ -169,6 +169,14 @@ class Settings(_Section):
         """The SQLAlchemy URL of the state database (default: SQLite file in ``data_dir``)."""
         return self.state_url or f"sqlite:///{(self.data_dir / 'state.db').resolve()}"
 
+    @field_validator("data_dir", "staging_dir", mode="before")
+    @classmethod
+    def _local_dirs(cls, v: Any, info: Any) -> Any:
+        if isinstance(v, str) and "://" in v and not v.startswith("file://"):
+            raise ConfigError(f"{info.field_name} must be a local folder (the state, staging files and locks); "
+                              f"put the bucket in store_root: {v}")
+        return _file_path(v) if isinstance(v, str) else v
+
     @field_validator("store_root", mode="before")
     @classmethod
     def _store_root(cls, v: Any) -> Any:

@@ -83,6 +83,12 @@ def test_a_bad_uri_is_one_line_naming_the_fix(tmp_path, uri, words):
     assert cli.exit_code == 2 and words in cli.output and "Traceback" not in cli.output
 
 
+def test_data_dir_stays_local(tmp_path):
+    with pytest.raises(ConfigError, match="data_dir must be a local folder .*; put the bucket in store_root: s3://b/p"):
+        Settings(data_dir="s3://b/p")
+    assert Settings(data_dir=f"file://{tmp_path}").data_dir == tmp_path
+
+
 def test_storage_options_from_the_environment_and_secrets_are_masked(tmp_path):
     s = load_settings(env={"LS_SPACE_SYNC__STORE_ROOT": "s3://bucket/p",
                            "LS_SPACE_SYNC__STORAGE_OPTIONS__AWS_ENDPOINT": "http://127.0.0.1:9000",
