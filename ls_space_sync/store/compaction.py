@@ -32,7 +32,8 @@ from typing import Any
 import lance
 
 from ls_space_sync.settings import Settings
-from ls_space_sync.store.dataset import ProjectStore, StoreError, project_lock, version_time
+from ls_space_sync.store.dataset import ProjectStore, StoreError, version_time
+from ls_space_sync.store.leases import writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def compact_project(
     root = settings.resolved_store_root
     store = ProjectStore(root, project_id)
     started = time.perf_counter()
-    with project_lock(root, project_id):
+    with writer_lock(settings, None, project_id, lock_root=root):
         if not store.exists():
             return CompactionReport(project_id, "no dataset", seconds=0.0)
         bytes_before, files_before = disk_usage(store.uri)
