@@ -175,3 +175,54 @@ def test_members_and_the_owners_of_projects(state):
 
         conn.execute(update(DaemonMember).values(expires_at=utcnow() - timedelta(seconds=1)))
     assert live_members(state) == [] and owner_of(1, []) is None
+
+
+def test_a_daemon_schedules_its_share_and_takes_the_rest_when_the_other_leaves(tmp_path, postgres):
+    """The daemon side, without Label Studio: a PostgreSQL state makes it share the projects; a webhook
+    for a project whose holder does not answer is scheduled here (nothing lost); when the other
+    member leaves, this daemon schedules every project."""
+    from fastapi.testclient import TestClient
+
+    from ls_space_sync.quickstart.localserver import free_port
+    from ls_space_sync.service.daemon import Daemon
+    from ls_space_sync.service.http import create_app
+
+    projects = list(range(1, 21))
+    settings = load_settings(env={"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k"}, overrides={
+        "data_dir": str(tmp_path), "state_url": postgres.create_database(), "projects": projects,
+        "server": {"webhook_secret": "s3cret", "debounce_seconds": 600}, "compaction": {"interval_seconds": None},
+        "sync": {"interval_seconds": 600}, "scheduler": {"jitter_seconds": 600}})
+    daemon = Daemon(settings)
+    assert daemon.clustered
+    gone = Membership(daemon.state, f"http://127.0.0.1:{free_port()}", 30, member_id="gone:1:0")  # nothing listens
+    gone.beat()
+    daemon.scheduler.start(paused=True)
+    daemon.membership = Membership(daemon.state, "http://127.0.0.1:1", 30, daemon.daemon_id)
+    daemon.members = daemon.membership.beat()
+    daemon.set_projects(projects)
+    try:
+        mine = sorted(p for p in projects if daemon.owns(p))
+        theirs = sorted(set(projects) - set(mine))
+        assert mine and theirs and daemon.owned == set(mine)
+        assert {j.id for j in daemon.scheduler.get_jobs()} == {f"sync-{p}" for p in mine}
+
+        app = TestClient(create_app(daemon))
+        answer = app.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": theirs[0]}},
+                          headers={"X-LS-Space-Sync-Secret": "s3cret"})
+        assert answer.status_code == 202 and answer.json()["status"] == "scheduled" and "daemon" not in answer.json()
+        assert daemon.scheduler.get_job(f"webhook-{theirs[0]}") is not None  # scheduled here instead
+        metrics = app.get("/metrics").text
+        assert 'ls_space_sync_webhooks_forwarded_total{outcome="failed"} 1.0' in metrics
+        assert "ls_space_sync_live_daemons 2.0" in metrics
+        health = app.get("/health").json()
+        assert {m["daemon_id"] for m in health["cluster"]["members"]} == {"gone:1:0", daemon.daemon_id}
+        assert health["projects"][str(theirs[0])]["holder"] == "gone:1:0"
+        assert health["projects"][str(mine[0])]["holder"] == daemon.daemon_id
+
+        gone.leave()
+        daemon.beat()
+        assert daemon.owned == set(projects)
+        assert {f"sync-{p}" for p in projects} <= {j.id for j in daemon.scheduler.get_jobs()}
+        assert {m["daemon_id"] for m in app.get("/health").json()["cluster"]["members"]} == {daemon.daemon_id}
+    finally:
+        daemon.stop(timeout=5)
