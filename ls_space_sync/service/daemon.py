@@ -468,13 +468,19 @@ class Daemon:
 
     def _sync(self, project_id: int, trigger: str) -> RunResult | None:
         status = self.status.setdefault(project_id, ProjectStatus())
+        if trigger == "schedule" and self.membership is not None and not self.owns(project_id):
+            # Queued before the members changed: the project's new holder polls it.
+            log.debug("project %s: now held by another daemon; poll skipped", project_id)
+            return None
         try:
             result = self.syncer.run_once(project_id, trigger=trigger)
         except ProjectLocked as exc:
             log.info("project %s: %s; skipping this %s run", project_id, exc, trigger, extra={"project": project_id})
             self.metrics.observe_locked(project_id, trigger)
-            if trigger != "schedule":
-                # The running sync may have started before the change this request is about.
+            if trigger != "schedule" or self.membership is not None:
+                # The running sync may have started before the change this request is about; with
+                # several daemons, a poll refused by the lease of a daemon that just died (or of the
+                # project's former holder) tries again soon rather than an interval later.
                 self._one_off(_sync, [project_id, trigger], f"webhook-{project_id}",
                               f"sync project {project_id} ({trigger}, retry)", LOCKED_RETRY_SECONDS)
             return None
