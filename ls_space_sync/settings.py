@@ -132,6 +132,21 @@ class PushSettings(_Section):
     chunk_size: int = Field(default=500, ge=1, le=10000)
 
 
+class ClusterSettings(_Section):
+    """Several daemons and writers sharing one state database (``cluster:`` in YAML; seconds).
+
+    Leases in the state database replace the local lock file when the state is PostgreSQL or the
+    store is not a local folder; the daemons share the projects when the state is PostgreSQL and
+    the job store is ``memory`` (``enabled: auto``). See docs/deploy.md.
+    """
+
+    enabled: Literal["auto", "on", "off"] = "auto"  # share the projects with other daemons
+    lease_seconds: float = Field(default=30.0, ge=1)  # a dead holder's projects move within this
+    # How the other daemons reach this one's HTTP server for forwarded webhooks (default:
+    # server.public_url, else http://<server.host>:<server.port>).
+    advertise_url: str | None = None
+
+
 class Settings(_Section):
     """All settings. Paths are resolved against the current directory."""
 
@@ -153,6 +168,7 @@ class Settings(_Section):
     compaction: CompactionSettings = Field(default_factory=CompactionSettings)
     mirrors: list[MirrorSettings] = Field(default_factory=list)
     push: PushSettings = Field(default_factory=PushSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator("projects", mode="before")

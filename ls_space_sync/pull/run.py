@@ -43,7 +43,8 @@ from ls_space_sync.logs import run_context
 from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
 from ls_space_sync.model.records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
 from ls_space_sync.store.compaction import merge_small_fragments
-from ls_space_sync.store.dataset import ProjectStore, Root, Staging, local_dir, project_lock
+from ls_space_sync.store.dataset import ProjectStore, Root, Staging, local_dir
+from ls_space_sync.store.leases import writer_lock
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, SyncRun
 from ls_space_sync.workspace import Workspace
 
@@ -117,7 +118,7 @@ class Syncer(Workspace):
                 store stays at its last version.
             MalformedTask: the server sent a task without id or timestamps (recorded failed).
         """
-        with project_lock(self.root, project_id):
+        with writer_lock(self.settings, self.state, project_id, lock_root=self.root):
             recovered = self._recover(project_id)
             run = self.state.start_run(project_id, trigger=trigger)
             requests_before = self.client.requests

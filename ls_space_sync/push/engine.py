@@ -68,7 +68,8 @@ from ls_space_sync.model.taskdiff import (  # noqa: F401 - re-exported: the push
     sets_ground_truth,
     task_ops,
 )
-from ls_space_sync.store.dataset import ProjectStore, local_dir, project_lock
+from ls_space_sync.store.dataset import ProjectStore, local_dir
+from ls_space_sync.store.leases import PUSH, writer_lock
 from ls_space_sync.store.state import FAILED, RUNNING, SKIPPED, SUCCEEDED, PushLink, PushRun, StateDB, SyncRun, utcnow
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ def push(
         job.target_config = config
         log.info("created project %s for the push of project %s v%s", target_project, source_project, ds.version)
     job.target = int(target_project)
-    with project_lock(local_dir(syncer.root) / ".push", job.target):
+    with writer_lock(syncer.settings, syncer.state, job.target, lock_root=local_dir(syncer.root) / ".push", scope=PUSH):
         scan = _recover(syncer.state, source_project, job.target)
         run = syncer.state.start_run(source_project, kind="push", trigger=trigger)
         with syncer.state.Session.begin() as s:

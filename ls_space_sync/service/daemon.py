@@ -32,6 +32,17 @@ its schedule). A run refused because another sync of the project holds the lock
 :meth:`Daemon.mirror_job` does the same for a mirror pass (a lock held by a pull of either project
 or a push to the target skips the pass; a failed pass backs off the pair's job).
 
+**Several daemons** (``cluster.enabled: auto`` with a PostgreSQL state and the ``memory`` job store;
+see docs/deploy.md): each daemon keeps a row in the ``daemons`` table, renewed every third of
+``cluster.lease_seconds`` by a heartbeat thread, and schedules only the projects (and mirror
+pairs, by their source) that rendezvous hashing over the live members gives it
+(:func:`ls_space_sync.store.leases.owner_of`). When the member list changes (a daemon starts,
+stops or misses its heartbeats for a lease period) every daemon reschedules: the new owner of a
+project polls it at once. Two daemons never write a project together: every run holds the
+project's lease (:func:`ls_space_sync.store.leases.writer_lock`), whoever scheduled it. A webhook
+that reaches a daemon that does not own the project is forwarded to the owner
+(``service/http.py``).
+
 Jobs reach the daemon through module-level functions (``ls_space_sync.daemon:_sync``), so that
 a persistent job store (``scheduler.job_store: sql`` or ``redis://...``) can pickle them (a mirror
 job names its pair by source and target and finds it in the settings); hence
@@ -61,8 +72,9 @@ from ls_space_sync.push.mirror import MirrorResult, mirror_key, mirror_once, mir
 from ls_space_sync.service.health import MirrorStatus, ProjectStatus, health_report
 from ls_space_sync.service.jobs import first_run_time, make_job_store, project_trigger
 from ls_space_sync.service.metrics import Metrics
-from ls_space_sync.settings import MirrorSettings, Settings
+from ls_space_sync.settings import ConfigError, MirrorSettings, Settings
 from ls_space_sync.store.dataset import ProjectLocked, StoreError
+from ls_space_sync.store.leases import Member, Membership, daemon_id, held_leases, owner_of, state_is_shared
 from ls_space_sync.store.state import FAILED, utcnow
 
 log = logging.getLogger(__name__)
@@ -91,6 +103,21 @@ def _compact(project_id: int) -> None:
     """Job entry point for compaction."""
     if _active is not None:
         _active.compact_job(project_id)
+
+
+def cluster_enabled(settings: Settings) -> bool:
+    """Whether this daemon shares the projects with others (``cluster.enabled``; ``auto``: the state
+    is PostgreSQL and the job store ``memory``).
+
+    Raises:
+        ConfigError: ``cluster.enabled: on`` with a persistent job store, which the daemons would share
+            (APScheduler 3 runs a stored job on every scheduler that reads the store).
+    """
+    mode, memory = settings.cluster.enabled, settings.scheduler.job_store == "memory"
+    if mode == "on" and not memory:
+        raise ConfigError("cluster.enabled: on needs scheduler.job_store: memory (several daemons cannot share one "
+                          "APScheduler job store; the state database keeps who syncs what)")
+    return mode == "on" or (mode == "auto" and memory and state_is_shared(settings))
 
 
 DISCOVER = 0  # the project id :meth:`Daemon.discover` holds its slot under (no project has id 0)
@@ -123,12 +150,22 @@ class Daemon:
         self.mirrored: dict[int, list[MirrorSettings]] = {}  # project -> the mirror pairs whose pass pulls it
         self.mirror_status: dict[str, MirrorStatus] = {}
         self._listed: list[int] = []  # the projects to sync as configured or discovered
-        self.metrics = Metrics(self._last_successes)
-        self.metrics.set_webhooks_enabled(settings.server.webhook_secret is not None)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._running: dict[str, int] = {}  # job key -> project id, while a run is going
         self._stopping = False
+        # Several daemons (see the module docstring): this daemon's membership, the live members
+        # at the last beat, and the URL the others forward webhooks to (set by ``serve``).
+        self.clustered = cluster_enabled(settings)
+        self.daemon_id = daemon_id()
+        self.url: str | None = settings.cluster.advertise_url
+        self.membership: Membership | None = None
+        self.members: list[Member] = []
+        self.owned: set[int] = set()  # the projects this daemon schedules (all of them when alone)
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        self.metrics = Metrics(self._last_successes, self._share if self.clustered else None)
+        self.metrics.set_webhooks_enabled(settings.server.webhook_secret is not None)
         self.scheduler = BackgroundScheduler(
             jobstores={"default": make_job_store(settings, self.state)},
             executors={"default": ThreadPoolExecutor(MAX_WORKERS)},
@@ -145,6 +182,11 @@ class Daemon:
         """Add the jobs and start the scheduler (in its own thread); returns at once."""
         global _active
         _active = self
+        if self.clustered:
+            self.membership = Membership(self.state, self.url, self.settings.cluster.lease_seconds, self.daemon_id)
+            self.members = self.membership.beat()
+            self._beat_thread = threading.Thread(target=self._beat_loop, name="cluster-heartbeat", daemon=True)
+            self._beat_thread.start()
         self.scheduler.start(paused=True)
         if self.settings.projects == "all":
             self.set_projects([])  # the mirror pairs now; the projects once discovered
@@ -156,6 +198,9 @@ class Daemon:
             self.set_projects(list(self.settings.projects))
         self.scheduler.resume()
         log.info("scheduler started: %d projects, job store %s", len(self.projects), self.settings.scheduler.job_store)
+        if self.clustered:
+            log.info("daemon %s shares the projects with %d other live daemon(s); it syncs %d of them", self.daemon_id,
+                     len(self.members) - 1, len(self.owned))
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop taking new runs and wait for the running ones.
@@ -171,6 +216,7 @@ class Daemon:
         timeout = self.settings.scheduler.shutdown_timeout_seconds if timeout is None else timeout
         with self._lock:
             self._stopping = True
+        self._beat_stop.set()
         if self.scheduler.running:
             self.scheduler.pause()
         deadline = time.monotonic() + timeout
@@ -186,6 +232,10 @@ class Daemon:
         if still:
             log.warning("stopping with runs still going after %.1f s (projects %s); the next sync of each "
                         "finishes their bookkeeping", timeout, ", ".join(map(str, still)))
+        if self._beat_thread is not None:
+            self._beat_thread.join(10)
+        if self.membership is not None:
+            self.membership.leave()  # the others take this daemon's projects at their next beat
         if busy:  # a run or the project listing still uses the client: leave it open to the exit
             return False
         self.syncer.client.close()
@@ -220,16 +270,21 @@ class Daemon:
         mirrored = self._mirrored()
         synced = [pid for pid in listed if pid not in mirrored]
         everyone = sorted(set(listed) | set(mirrored))
+        mine = self.owns
         every, jitter = self.settings.compaction.interval_seconds, self.settings.scheduler.jitter_seconds
         jobs: dict[str, tuple[Callable[..., None], Any, list[Any], str]] = {}
         for pid in synced:
-            jobs[f"sync-{pid}"] = (_sync, project_trigger(self.settings, pid), [pid, "schedule"], f"sync project {pid}")
+            if mine(pid):
+                jobs[f"sync-{pid}"] = (_sync, project_trigger(self.settings, pid), [pid, "schedule"],
+                                       f"sync project {pid}")
         for pair in self.settings.mirrors:
-            jobs[f"mirror-{mirror_key(pair)}"] = (_mirror, project_trigger(self.settings, pair.source),
-                                                   [pair.source, pair.target, "schedule"], f"mirror {mirror_key(pair)}")
+            if mine(pair.source):
+                jobs[f"mirror-{mirror_key(pair)}"] = (_mirror, project_trigger(self.settings, pair.source),
+                                                       [pair.source, pair.target, "schedule"], f"mirror {mirror_key(pair)}")
         for pid in everyone if every else []:
-            trigger = IntervalTrigger(seconds=every, timezone=timezone.utc, jitter=jitter or None)
-            jobs[f"compact-{pid}"] = (_compact, trigger, [pid], f"compact project {pid}")
+            if mine(pid):
+                trigger = IntervalTrigger(seconds=every, timezone=timezone.utc, jitter=jitter or None)
+                jobs[f"compact-{pid}"] = (_compact, trigger, [pid], f"compact project {pid}")
         keep = set(jobs) | {"discover"} | {f"webhook-{pid}" for pid in synced} \
             | {f"webhook-mirror-{mirror_key(pair)}" for pair in self.settings.mirrors}
         for job in self.scheduler.get_jobs():  # gone projects, or left in a persistent store by an older config
@@ -255,6 +310,73 @@ class Daemon:
             for pair in self.settings.mirrors:
                 self.mirror_status.setdefault(mirror_key(pair), MirrorStatus())
             self.projects, self.mirrored, self._listed = everyone, mirrored, listed
+            self.owned = {pid for pid in everyone if mine(pid)}
+
+    # --- several daemons -----------------------------------------------------------------------
+
+    def holder_of(self, project_id: int) -> Member | None:
+        """The live daemon that schedules the project (by rendezvous hashing over the members at the
+        last beat; a mirrored project goes with its pair's source), or ``None`` when not clustered."""
+        if not self.clustered or self.membership is None:  # alone, or not started (tests drive jobs by hand)
+            return None
+        pairs = self.mirrored.get(project_id)
+        key = pairs[0].source if pairs else project_id
+        owner = owner_of(key, [m.daemon_id for m in self.members])
+        return next((m for m in self.members if m.daemon_id == owner), None)
+
+    def owns(self, project_id: int) -> bool:
+        """Whether this daemon schedules the project (always, when it runs alone)."""
+        if not self.clustered or self.membership is None:
+            return True
+        holder = self.holder_of(project_id)
+        return holder is not None and holder.daemon_id == self.daemon_id
+
+    def _beat_loop(self) -> None:
+        while not self._beat_stop.wait(self.settings.cluster.lease_seconds / 3):
+            self.beat()
+
+    def beat(self) -> None:
+        """Renew this daemon's membership; when the live members changed, reschedule its share.
+
+        A daemon whose heartbeat is older than ``cluster.lease_seconds`` is no longer a member, so
+        its projects get a new owner here within one lease period (plus a third, this beat's period).
+        """
+        if self.membership is None or self._stopping:
+            return
+        try:
+            members = self.membership.beat()
+        except Exception as exc:  # noqa: BLE001 - a state database hiccup: keep the share, try again
+            log.warning("cannot renew this daemon's membership (%s: %s); retrying", type(exc).__name__, exc)
+            return
+        before = [m.daemon_id for m in self.members]
+        self.members = members
+        if [m.daemon_id for m in members] != before and not self._stopping:
+            was = set(self.owned)
+            self.set_projects(self._listed, reschedule=False)
+            gained, lost = sorted(self.owned - was), sorted(was - self.owned)
+            log.info("daemons now %s; this one took %s and gave up %s", ", ".join(m.daemon_id for m in members),
+                     ", ".join(map(str, gained)) or "none", ", ".join(map(str, lost)) or "none")
+
+    def _share(self) -> tuple[str, list[int], int]:
+        return self.daemon_id, sorted(self.owned), len(self.members)
+
+    def cluster_report(self) -> dict[str, Any] | None:
+        """What ``/health`` says of the daemons: ``{"daemon_id", "url", "members": [{"daemon_id",
+        "url", "heartbeat_at", "projects": ids it schedules}], "leases": {project id: holder}}``, or
+        ``None`` when not clustered."""
+        if not self.clustered or self.membership is None:
+            return None
+        share: dict[str, list[int]] = {m.daemon_id: [] for m in self.members}
+        for pid in list(self.projects):
+            holder = self.holder_of(pid)
+            if holder is not None:
+                share[holder.daemon_id].append(pid)
+        return {
+            "daemon_id": self.daemon_id, "url": self.url, "lease_seconds": self.settings.cluster.lease_seconds,
+            "members": [{"daemon_id": m.daemon_id, "url": m.url, "heartbeat_at": m.heartbeat_at.isoformat(),
+                         "projects": share[m.daemon_id]} for m in self.members],
+            "leases": {str(pid): lease.owner for pid, lease in sorted(held_leases(self.state).items())},
+        }
 
     def discover(self) -> None:
         """Re-read the project list from the server (``projects: all``); keep the old one on failure.
@@ -346,13 +468,19 @@ class Daemon:
 
     def _sync(self, project_id: int, trigger: str) -> RunResult | None:
         status = self.status.setdefault(project_id, ProjectStatus())
+        if trigger == "schedule" and self.membership is not None and not self.owns(project_id):
+            # Queued before the members changed: the project's new holder polls it.
+            log.debug("project %s: now held by another daemon; poll skipped", project_id)
+            return None
         try:
             result = self.syncer.run_once(project_id, trigger=trigger)
         except ProjectLocked as exc:
             log.info("project %s: %s; skipping this %s run", project_id, exc, trigger, extra={"project": project_id})
             self.metrics.observe_locked(project_id, trigger)
-            if trigger != "schedule":
-                # The running sync may have started before the change this request is about.
+            if trigger != "schedule" or self.membership is not None:
+                # The running sync may have started before the change this request is about; with
+                # several daemons, a poll refused by the lease of a daemon that just died (or of the
+                # project's former holder) tries again soon rather than an interval later.
                 self._one_off(_sync, [project_id, trigger], f"webhook-{project_id}",
                               f"sync project {project_id} ({trigger}, retry)", LOCKED_RETRY_SECONDS)
             return None

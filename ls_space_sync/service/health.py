@@ -48,6 +48,9 @@ class DaemonView(Protocol):
     def next_run_time(self, project_id: int) -> datetime | None:
         """When the project's next scheduled run is due (UTC), if any."""
 
+    def cluster_report(self) -> dict[str, Any] | None:
+        """The daemons sharing the projects, or ``None`` when this daemon runs alone."""
+
 
 def health_report(daemon: DaemonView) -> dict[str, Any]:
     """The daemon's state for ``GET /health``.
@@ -61,7 +64,14 @@ def health_report(daemon: DaemonView) -> dict[str, Any]:
         {"source", "target", "both_ways", "last_pass": {"at", "quiet", "versions", "moved"} | None,
         "consecutive_failures", "last_error", "next_run_at"}}}``. A project a mirror pass pulls
         reports the pass's failures and next run.
+
+        With several daemons (``Daemon.cluster_report``) also ``"cluster": {"daemon_id", "url",
+        "lease_seconds", "members": [{"daemon_id", "url", "heartbeat_at", "projects"}], "leases":
+        {id: owner}}`` and per project ``"holder"`` (the daemon that schedules it) and ``"lease"``
+        (the daemon whose run holds its lease now, or ``None``). ``next_run_at`` is known only on
+        the holder.
     """
+    cluster = daemon.cluster_report()
     now = utcnow()
     projects = {}
     for pid in list(daemon.projects):
@@ -86,6 +96,9 @@ def health_report(daemon: DaemonView) -> dict[str, Any]:
             "next_run_at": nxt.isoformat() if nxt else None,
             "mirrors": pairs,
         }
+        if cluster is not None:
+            holder = next((m["daemon_id"] for m in cluster["members"] if pid in m["projects"]), None)
+            projects[str(pid)].update(holder=holder, lease=cluster["leases"].get(str(pid)))
     mirrors = {}
     for pair in daemon.settings.mirrors:
         key = mirror_key(pair)
@@ -100,7 +113,7 @@ def health_report(daemon: DaemonView) -> dict[str, Any]:
             "consecutive_failures": status.failures, "last_error": status.last_error,
             "next_run_at": job.next_run_time.isoformat() if job and job.next_run_time else None,
         }
-    return {
+    report = {
         "status": "UP",
         "model_class": "ls-space-sync",
         "started_at": daemon.started_at.isoformat(),
@@ -108,3 +121,6 @@ def health_report(daemon: DaemonView) -> dict[str, Any]:
         "projects": projects,
         "mirrors": mirrors,
     }
+    if cluster is not None:
+        report["cluster"] = cluster
+    return report

@@ -26,6 +26,13 @@ ML-backend URL carries the secret as its path instead: ``<public url>/ml/<secret
 secret configured the webhook endpoints answer 404 and only polls run: an open endpoint would let
 anyone on the network make the daemon hammer Label Studio.
 
+Several daemons (``cluster``, see ``daemon.py``): a webhook for a project another daemon holds
+is forwarded to that daemon's advertised URL (``POST <url>/webhook``, the shared secret in the
+header, the sender in ``X-LS-Space-Sync-Forwarded-By``); a forwarded event is never forwarded
+again. If the holder does not answer 2xx within :data:`FORWARD_TIMEOUT_SECONDS`, the event is
+scheduled here instead: the run then waits for the project's lease, so nothing is lost and no two
+runs overlap.
+
 Bad requests change nothing: a body over ``server.max_body_bytes`` gets 413, a body that is not a
 JSON object with an ``action`` and a project id 400/422, a project this daemon does not sync 404.
 """
@@ -36,10 +43,12 @@ import hmac
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from typing import Any, Callable
 
+import httpx
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -77,6 +86,29 @@ def model_version() -> str:
         return f"ls-space-sync-{version('ls-space-sync')}"
     except PackageNotFoundError:
         return "ls-space-sync"
+
+
+FORWARDED_HEADER = "X-LS-Space-Sync-Forwarded-By"
+# Label Studio waits 1 s for a webhook; a holder on the same network answers in milliseconds.
+FORWARD_TIMEOUT_SECONDS = 2.0
+
+
+async def forward_event(url: str, payload: Any, header: str, secret: str, sender: str) -> dict[str, Any] | None:
+    """POST a webhook event to the daemon at ``url`` (``<url>/webhook``); its JSON answer if 2xx, else ``None``.
+
+    Never raises: a holder that is down, slow or refusing means "schedule it here".
+    """
+    try:
+        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT_SECONDS) as client:
+            answer = await client.post(f"{url.rstrip('/')}/webhook", json=payload,
+                                       headers={header: secret, FORWARDED_HEADER: sender})
+        if answer.is_success:
+            body = answer.json()
+            return body if isinstance(body, dict) else {}
+        log.warning("forwarding a webhook to %s: %s answered %d; scheduling it here", url, url, answer.status_code)
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("forwarding a webhook to %s failed (%s); scheduling it here", url, type(exc).__name__)
+    return None
 
 
 class ServiceError(Terminal):
@@ -132,6 +164,13 @@ def create_app(daemon: Daemon) -> FastAPI:
         daemon.metrics.webhook_event(action)
         if action not in SYNC_ACTIONS:
             return JSONResponse({"status": "ignored", "project": pid, "action": action}, status_code=200)
+        holder = daemon.holder_of(pid)
+        if holder is not None and holder.daemon_id != daemon.daemon_id and holder.url and secret is not None \
+                and request.headers.get(FORWARDED_HEADER) is None:
+            answer = await forward_event(holder.url, payload, cfg.webhook_header, secret, daemon.daemon_id)
+            daemon.metrics.webhook_forwarded(answer is not None)
+            if answer is not None:
+                return JSONResponse({**answer, "daemon": holder.daemon_id}, status_code=202)
         when = await run_in_threadpool(daemon.request_sync, pid, "webhook")
         if when is None:
             return JSONResponse({"detail": "the service is stopping"}, status_code=503)
@@ -379,6 +418,9 @@ def serve(settings: Settings, *, stop_event: threading.Event | None = None,
         daemon = Daemon(settings)
         http = HTTPServer(daemon, settings.server.host, settings.server.port)
         http.start()
+        if daemon.url is None:  # where the other daemons forward webhooks: this host, the bound port
+            daemon.url = http.url if http.host not in ("0.0.0.0", "", "::") \
+                else f"http://{socket.getfqdn()}:{http.port}"
         try:
             daemon.start()
         except BaseException:

@@ -12,6 +12,11 @@
 | ``ls_space_sync_mirror_passes_total`` | counter | source, target, trigger, outcome (quiet, changed, failed, locked) |
 | ``ls_space_sync_mirror_tasks_total`` | counter | source, target (of the push), change (created, updated, deleted) |
 | ``ls_space_sync_webhooks_enabled`` | gauge | none; 1 when ``server.webhook_secret`` is set (webhook endpoints on) |
+| ``ls_space_sync_project_holder`` | gauge | project, daemon; 1 for each project this daemon schedules (*) |
+| ``ls_space_sync_live_daemons`` | gauge | none; the daemons sharing the projects at the last heartbeat (*) |
+| ``ls_space_sync_webhooks_forwarded_total`` | counter | outcome (forwarded, failed): webhooks passed to the holder (*) |
+
+(*) only when several daemons share the projects (``cluster``, see ``daemon.py``).
 
 The pulls of a mirror pass count in ``ls_space_sync_runs_total`` with trigger ``mirror``. A mirror
 whose target the first pass creates is labelled ``target="new"``.
@@ -59,14 +64,33 @@ class _LagCollector(Collector):
         yield family
 
 
+class _ClusterCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[str, list[int], int]]):
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        me, owned, live = self._read()
+        holder = GaugeMetricFamily("ls_space_sync_project_holder",
+                                   "1 for each project this daemon schedules (several daemons share the projects)",
+                                   labels=["project", "daemon"])
+        for pid in sorted(owned):
+            holder.add_metric([str(pid), me], 1)
+        yield holder
+        yield GaugeMetricFamily("ls_space_sync_live_daemons", "Daemons sharing the projects at the last heartbeat",
+                                value=live)
+
+
 class Metrics:
     """The daemon's metrics.
 
     Args:
         last_successes: returns ``{project id: last success time (UTC) or None}``, read at each scrape.
+        cluster: with several daemons, returns ``(this daemon's id, the project ids it schedules,
+            the number of live daemons)``, read at each scrape; ``None`` when alone.
     """
 
-    def __init__(self, last_successes: Callable[[], dict[int, datetime | None]]):
+    def __init__(self, last_successes: Callable[[], dict[int, datetime | None]],
+                 cluster: Callable[[], tuple[str, list[int], int]] | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.runs = Counter("ls_space_sync_runs", "Sync runs by project, trigger and status",
@@ -88,6 +112,10 @@ class Metrics:
                                       "1 if the webhook endpoints are on (server.webhook_secret set), else 0",
                                       registry=r)
         r.register(_LagCollector(last_successes))
+        self.forwarded = Counter("ls_space_sync_webhooks_forwarded", "Webhooks passed to the daemon that holds the "
+                                 "project, by outcome", ["outcome"], registry=r) if cluster is not None else None
+        if cluster is not None:
+            r.register(_ClusterCollector(cluster))
 
     def observe_run(self, result: RunResult, trigger: str) -> None:
         """Count a finished (succeeded or skipped) run and its rows."""
@@ -130,6 +158,11 @@ class Metrics:
     def webhook_event(self, action: str | None) -> None:
         """Count an accepted webhook event."""
         self.webhooks.labels(action if action in KNOWN_ACTIONS else "other").inc()
+
+    def webhook_forwarded(self, ok: bool) -> None:
+        """Count a webhook passed to the holder of its project (``ok``: it answered 2xx)."""
+        if self.forwarded is not None:
+            self.forwarded.labels("forwarded" if ok else "failed").inc()
 
     def webhook_rejected(self, reason: str) -> None:
         """Count a rejected webhook request."""

@@ -35,7 +35,8 @@ import pyarrow.fs as pafs
 from lance.file import LanceFileSession
 
 from ls_space_sync.settings import Settings, StoreRoot
-from ls_space_sync.store.dataset import ProjectStore, StoreError, project_lock, version_time
+from ls_space_sync.store.dataset import ProjectStore, StoreError, version_time
+from ls_space_sync.store.leases import writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def compact_project(
     root = settings.resolved_store_root
     store = ProjectStore(root, project_id)
     started = time.perf_counter()
-    with project_lock(root, project_id):
+    with writer_lock(settings, None, project_id, lock_root=root):
         if not store.exists():
             return CompactionReport(project_id, "no dataset", seconds=0.0)
         bytes_before, files_before = store_usage(store)

@@ -54,7 +54,7 @@ from ls_space_sync.errors import Terminal, mask
 log = logging.getLogger(__name__)
 
 #: The schema revision the classes below map: the head of ``migrations/versions`` (a test checks).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 MIGRATIONS = Path(__file__).with_name("migrations")
 # PostgreSQL advisory lock held while a process upgrades the schema: b"lsssstat" as an int64.
 _PG_UPGRADE_LOCK = 0x6C73737373746174
@@ -181,6 +181,33 @@ class MirrorTarget(Base):
     __tablename__ = "mirror_targets"
     source_project: Mapped[int] = mapped_column(Integer, primary_key=True)
     target_project: Mapped[int] = mapped_column(Integer)
+
+
+class ProjectLease(Base):
+    """Who may write a project's dataset (or push into a project) now: one row per (scope, project)
+    while held (:mod:`ls_space_sync.store.leases`). ``expires_at`` moves forward with each
+    heartbeat; a row past it belongs to a holder that died and may be taken over."""
+
+    __tablename__ = "project_leases"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)  # "project" (pull, compaction) or "push"
+    project_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))  # the holder's daemon id, host:pid:random
+    token: Mapped[str] = mapped_column(String(32))  # one per acquisition: a holder renews only its own
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DaemonMember(Base):
+    """A live ``ls-space-sync run`` sharing the projects with others (one PostgreSQL state): its id,
+    the URL the others forward webhooks to, and its heartbeat (:mod:`ls_space_sync.store.leases`)."""
+
+    __tablename__ = "daemons"
+    daemon_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from tests.fakes import KEY, URL, FakeLabelStudio
 from tests.pg import PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"sync_runs", "project_cursors", "push_links", "push_runs", "mirror_targets"}
+TABLES = {"sync_runs", "project_cursors", "push_links", "push_runs", "mirror_targets", "project_leases", "daemons"}
 
 # What release 0.1.0's `Base.metadata.create_all` made on SQLite, read from a database it created
 # (sqlite_master; compared with whitespace collapsed). The push and mirror tables appeared only once
@@ -199,7 +199,7 @@ def test_schema_revision_is_the_head_of_the_scripts():
 
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [SCHEMA_REVISION]  # one line of history, ending where the classes are
-    assert [s.revision for s in script.walk_revisions()] == ["0002", "0001"]
+    assert [s.revision for s in script.walk_revisions()] == ["0003", "0002", "0001"]
 
 
 def test_a_new_database_gets_every_revision_and_matches_the_classes(db_url):
@@ -314,7 +314,7 @@ def test_opening_an_up_to_date_database_does_not_import_alembic(tmp_path):
 def test_a_database_from_a_newer_release_is_refused(db_url):
     StateDB(db_url).dispose()
     sql(db_url, "UPDATE alembic_version SET version_num = '0099'")
-    with pytest.raises(StateSchemaError, match="schema revision 0099.*knows up to 0002.*install that release"):
+    with pytest.raises(StateSchemaError, match="schema revision 0099.*knows up to 0003.*install that release"):
         StateDB(db_url)
 
 
