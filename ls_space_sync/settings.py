@@ -130,6 +130,20 @@ class PushSettings(_Section):
     chunk_size: int = Field(default=500, ge=1, le=10000)
 
 
+class MediaSettings(_Section):
+    """The media files tasks reference (``media:`` in YAML; docs/media.md). Sizes in bytes."""
+
+    enabled: bool = False  # fetch and version the files; off for existing configs, on in the quickstart
+    # Task data keys that hold media URLs; None: the ``$keys`` of the label config's media object
+    # tags (Image, Audio, Video, HyperText, PDF, ...).
+    keys: list[str] | None = None
+    max_bytes: int = Field(default=200_000_000, gt=0)  # a larger file is recorded failed, not stored
+    concurrency: int = Field(default=8, ge=1, le=64)  # downloads in flight at once, per project
+    # Download the files of every new or changed task again (a file replaced under the same URL
+    # becomes a new blob); False: only URLs never stored.
+    refetch_changed: bool = True
+
+
 class Settings(_Section):
     """All settings. Paths are resolved against the current directory."""
 
@@ -145,6 +159,7 @@ class Settings(_Section):
     compaction: CompactionSettings = Field(default_factory=CompactionSettings)
     mirrors: list[MirrorSettings] = Field(default_factory=list)
     push: PushSettings = Field(default_factory=PushSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator("projects", mode="before")
