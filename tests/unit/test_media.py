@@ -204,3 +204,23 @@ def test_media_off_by_default_fetches_nothing(tmp_path, env):
     syncer = syncer_for(tmp_path, enabled=False)
     syncer.run_once(pid)
     assert files.calls == [] and MediaStore(syncer.store(pid)).refs() is None
+
+
+def test_media_status_lists_missing_urls_with_their_reason(tmp_path, env):
+    import json
+
+    from click.testing import CliRunner
+
+    from ls_space_sync.cli.console import main
+
+    fake, files = env
+    pid = image_project(fake, files)
+    syncer_for(tmp_path).run_once(pid)
+    runner = CliRunner()
+    result = runner.invoke(main, ["--data-dir", str(tmp_path), "media", "status", "--json"])
+    assert result.exit_code == 1, result.output
+    [view] = json.loads(result.output)
+    assert (view["project"], view["urls"], view["stored"], view["blobs"]) == (pid, 4, 3, 3)
+    assert [(f["url"], f["reason"]) for f in view["failed"]] == [(f"{CDN}/missing.png", "HTTP 404 from cdn.test")]
+    text = runner.invoke(main, ["--data-dir", str(tmp_path), "media", "status", "-p", str(pid)])
+    assert "3 of 4 URLs stored" in text.output and "missing.png" in text.output
