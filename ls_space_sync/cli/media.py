@@ -11,7 +11,7 @@ from ls_space_sync.cli.options import echo_json, json_option, project_option
 
 @click.group("media")
 def media_group() -> None:
-    """The media files (images, audio, ...) that tasks reference, stored with each version."""
+    """The media files tasks reference, stored with each version: `media status` lists what is missing."""
 
 
 @media_group.command("status")
