@@ -24,7 +24,8 @@ from PIL import Image
 from ls_space_sync.media.store import FAILED, STORED, MediaStore
 from ls_space_sync.pull.run import Syncer
 from ls_space_sync.settings import load_settings
-from ls_space_sync.store.state import FAILED as RUN_FAILED, StateDB
+from ls_space_sync.store.state import FAILED as RUN_FAILED
+from ls_space_sync.store.state import StateDB
 
 pytestmark = pytest.mark.integration
 
