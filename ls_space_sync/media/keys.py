@@ -15,8 +15,9 @@ from typing import Any, Iterable, Iterator, Sequence
 MEDIA_TAGS = frozenset({"image", "audio", "audioplus", "video", "hypertext", "pdf", "timeseries", "paragraphs"})
 
 # What a media value looks like: an absolute http(s) URL, a cloud-storage URI Label Studio
-# resolves, or a path of the server itself (uploads, local files, a resolve proxy).
-_URL = re.compile(r"^(https?://|s3://|gs://|azure-blob://|/data/|/tasks/\d+/resolve/|/storage-data/)", re.I)
+# resolves, or a path of the server itself (``/data/upload/...``, ``/data/local-files/?d=...``,
+# ``/tasks/<id>/resolve/?fileuri=...``, ``/static/samples/...`` of the templates).
+_URL = re.compile(r"^(https?://|s3://|gs://|azure-blob://|/(?!/))", re.I)
 
 
 def media_keys(label_config: str | None, override: Sequence[str] | None = None) -> list[str]:

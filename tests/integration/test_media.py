@@ -185,3 +185,17 @@ def test_kill_9_during_the_media_fetch_then_the_next_run_finishes(label_studio, 
         assert [r.status for r in state.runs(pid)] == ["succeeded", RUN_FAILED]  # newest first
     finally:
         state.dispose()
+
+
+def test_the_quickstart_image_template_syncs_with_its_images(label_studio, tmp_path):
+    from ls_space_sync.quickstart.demo import TEMPLATE_BBOX, create_template_project
+
+    pid = create_template_project(label_studio.url, label_studio.api_key, TEMPLATE_BBOX, title="media: quickstart bbox")
+    with Syncer(settings_for(label_studio, tmp_path / "data")) as syncer:
+        result = syncer.run_once(pid)
+        media = MediaStore(syncer.store(pid))
+        sizes = sorted((b["width"], b["height"]) for b in media.blobs().to_table(columns=["width", "height"]).to_pylist())
+    assert result.inserted == 3 and media.failed() == []
+    assert sizes == [(500, 333), (600, 403), (800, 800)]  # Label Studio's /static/samples/*.jpg
+    with httpx.Client(trust_env=False) as http:
+        http.delete(f"{label_studio.url}/api/projects/{pid}/", headers={"Authorization": f"Token {label_studio.api_key}"})
