@@ -224,3 +224,31 @@ def test_media_status_lists_missing_urls_with_their_reason(tmp_path, env):
     assert [(f["url"], f["reason"]) for f in view["failed"]] == [(f"{CDN}/missing.png", "HTTP 404 from cdn.test")]
     text = runner.invoke(main, ["--data-dir", str(tmp_path), "media", "status", "-p", str(pid)])
     assert "3 of 4 URLs stored" in text.output and "missing.png" in text.output
+
+
+def test_compaction_and_tag_pruning_keep_the_bytes_of_kept_tags(tmp_path, env):
+    from ls_space_sync.media.read import MediaReader
+    from ls_space_sync.store.compaction import compact_project
+
+    fake, files = env
+    pid = image_project(fake, files)
+    syncer = syncer_for(tmp_path)
+    syncer.run_once(pid)
+    red = f"/data/upload/{pid}/red.png"
+    files.files[f"{URL}{red}"] = png("yellow")
+    first = next(t for t in fake.of(pid) if t["data"]["image"] == red)
+    fake.touch(first["id"], caption="changed")
+    fake.tick(60)
+    syncer.run_once(pid)
+    fake.touch(first["id"], caption="again")
+    fake.tick(60)
+    syncer.run_once(pid)
+    store = syncer.store(pid)
+    compact_project(syncer.settings, pid, retention_seconds=0, keep_tags_count=2)
+    assert sorted(store.tags()) == ["run-000002", "run-000003"]
+    for tag in ("run-000002", "run-000003"):
+        reader = MediaReader(store, store.dataset(tag))
+        assert reader.read([reader.mapping[red]]) == {reader.mapping[red]: png("yellow")}
+    # The latest version is compaction's own (untagged): it reads the newest tag's media.
+    latest = MediaReader(store, store.dataset())
+    assert latest.refs_ref == "run-000003" and len(latest.mapping) == 3  # missing.png is still missing
