@@ -229,8 +229,11 @@ class MediaStore:
         return out
 
     def failed(self) -> list[dict[str, Any]]:
-        """Ref rows whose latest fetch failed (the latest refs version), by URL."""
-        return sorted((r for r in self.ref_rows().values() if r["status"] == FAILED), key=lambda r: r["url"])
+        """Ref rows whose latest fetch failed (the latest refs version), by URL; reads only those rows."""
+        ds = self.refs()
+        if ds is None:
+            return []
+        return sorted(ds.to_table(filter=f"status = '{FAILED}'").to_pylist(), key=lambda r: r["url"])
 
     def blob_info(self, shas: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """``{sha256: {size, mime, width, height, url, _rowid}}`` of stored blobs (no bytes read)."""
