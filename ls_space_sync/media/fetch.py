@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import httpx
 from label_studio_sdk.core.api_error import ApiError
 
 from ls_space_sync.labelstudio.client import LabelStudioClient, LabelStudioError
@@ -100,7 +101,10 @@ def download(client: LabelStudioClient, url: str, task_id: int, dest: Path, *, m
         :class:`Fetched`, or :class:`Failed` with the reason: an HTTP status that is not retried
         (404, 403, ...) or kept failing after the retries, an unreachable host, a file too large.
     """
-    target, with_token = resolve(url, task_id, client.url)
+    try:
+        target, with_token = resolve(url, task_id, client.url)
+    except ValueError as exc:
+        return Failed(url, f"not a URL: {exc}")
     dest.mkdir(parents=True, exist_ok=True)
 
     def once() -> Fetched:
@@ -139,6 +143,8 @@ def download(client: LabelStudioClient, url: str, task_id: int, dest: Path, *, m
         if status is not None:
             return Failed(url, f"HTTP {status}" + (f" from {urlsplit(target).netloc}" if not with_token else ""), status)
         return Failed(url, f"cannot reach {urlsplit(target).netloc} after retries")
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # not retried: a malformed URL, redirect loops
+        return Failed(url, f"cannot fetch: {type(exc).__name__}: {str(exc)[:200]}")
     except OSError as exc:  # local disk: staging folder full or not writable
         return Failed(url, f"local staging disk: {type(exc).__name__}: {exc}")
 

@@ -168,9 +168,11 @@ def test_transient_errors_are_retried_and_too_large_files_refused(tmp_path, env)
     files.fail_next[f"{CDN}/blue.png"] = [503, 502]
     fake.import_task(pid, {"data": {"image": f"{CDN}/blue.png"}})
     fake.import_task(pid, {"data": {"image": f"{CDN}/big.png"}})
+    fake.import_task(pid, {"data": {"image": "http://[bad/x.png"}})
     syncer = syncer_for(tmp_path, max_bytes=len(png("blue")) + 10)
-    syncer.run_once(pid)
+    assert syncer.run_once(pid).status == "succeeded"
     refs = MediaStore(syncer.store(pid)).ref_rows()
+    assert refs["http://[bad/x.png"]["status"] == FAILED
     assert refs[f"{CDN}/blue.png"]["status"] == STORED
     assert refs[f"{CDN}/big.png"]["status"] == FAILED and refs[f"{CDN}/big.png"]["reason"].startswith("too large")
 
