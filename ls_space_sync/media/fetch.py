@@ -48,6 +48,8 @@ class Fetched:
     sha256: str
     size: int
     mime: str
+    width: int | None = None  # pixels, images only (Pillow reads the header in the download thread)
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,19 @@ class Failed:
 
 class TooLarge(Exception):
     """The file is larger than ``media.max_bytes`` (never retried)."""
+
+
+def image_size(path: Path, mime: str) -> tuple[int | None, int | None]:
+    """``(width, height)`` in pixels of an image file (Pillow reads only its header), else ``(None, None)``."""
+    if not mime.startswith("image/"):
+        return None, None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None, None
 
 
 def resolve(url: str, task_id: int, base_url: str) -> tuple[str, bool]:
@@ -132,7 +147,8 @@ def download(client: LabelStudioClient, url: str, task_id: int, dest: Path, *, m
             raise
         if not mime or mime in ("application/octet-stream", "binary/octet-stream"):
             mime = mimetypes.guess_type(urlsplit(url).path)[0] or mime or "application/octet-stream"
-        return Fetched(url=url, path=path, sha256=digest.hexdigest(), size=size, mime=mime)
+        width, height = image_size(path, mime)
+        return Fetched(url=url, path=path, sha256=digest.hexdigest(), size=size, mime=mime, width=width, height=height)
 
     try:
         return client.call(f"media file {_short(url)} of task {task_id}", once)

@@ -10,12 +10,15 @@ again (cheaper, but a file replaced under the same URL keeps its old bytes).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
 
 from ls_space_sync.labelstudio.client import LabelStudioClient
 from ls_space_sync.logs import run_context
@@ -27,8 +30,9 @@ from ls_space_sync.store.dataset import ProjectStore
 
 log = logging.getLogger(__name__)
 
-# Files downloaded before they are appended to the blobs and removed from the staging disk.
-CHUNK_FILES = 500
+# A blob batch: this many files or bytes, whichever comes first (memory per batch in flight).
+BATCH_FILES = 32
+BATCH_BYTES = 16 << 20
 
 
 @dataclass
@@ -87,18 +91,10 @@ class MediaRun:
         if not wanted:
             return result
         outcomes: list[tuple[int, Fetched | Failed]] = []
-        items = list(wanted.items())
         try:
             with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="ls-media") as pool:
-                # A chunk of files at a time on the staging disk: downloaded, appended as blobs, removed.
-                for start in range(0, len(items), CHUNK_FILES):
-                    chunk = list(pool.map(lambda item: self._one(*item), items[start:start + CHUNK_FILES]))
-                    fetched = [o for _, o in chunk if isinstance(o, Fetched)]
-                    result.fetched += len(fetched)
-                    result.stored += self.media.add_blobs(fetched, self.run_id)
-                    for f in fetched:
-                        f.path.unlink(missing_ok=True)
-                    outcomes += chunk
+                batches = self._downloaded(pool, list(wanted.items()), outcomes, result)
+                result.stored = self.media.append_blobs(batches, self.run_id)
             result.failed = [o for _, o in outcomes if isinstance(o, Failed)]
             result.refs_version = self.media.commit_refs(outcomes, self.run_id)
         finally:
@@ -111,6 +107,48 @@ class MediaRun:
         log.info("project %s: media fetched %d, new blobs %d, failed %d", self.project_id, result.fetched,
                  result.stored, len(result.failed))
         return result
+
+    def _downloaded(self, pool: ThreadPoolExecutor, items: list[tuple[str, int]],
+                    outcomes: list[tuple[int, Fetched | Failed]], result: MediaResult) -> Iterator[pa.RecordBatch]:
+        """Download ``items`` on ``pool`` and yield the new files as blob batches, while Lance
+        writes the batches before (a pipeline: downloads never wait for the writer). At most
+        ``4 * concurrency`` downloads are queued, so the staging disk holds a few files at a time,
+        each removed once its bytes are in a batch. Every outcome is appended to ``outcomes``."""
+        known = self.media.all_shas()
+        queue = iter(items)
+        running: set[Future[tuple[int, Fetched | Failed]]] = set()
+        group: list[Fetched] = []
+
+        def fill() -> None:
+            for url, task_id in itertools.islice(queue, 4 * self.settings.concurrency - len(running)):
+                running.add(pool.submit(self._one, url, task_id))
+
+        def flush() -> pa.RecordBatch:
+            batch = self.media.blob_batch(group, self.run_id)
+            for f in group:
+                f.path.unlink(missing_ok=True)
+            group.clear()
+            return batch
+
+        fill()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            running -= done
+            fill()
+            for future in done:
+                task_id, outcome = future.result()
+                outcomes.append((task_id, outcome))
+                if isinstance(outcome, Fetched):
+                    result.fetched += 1
+                    if outcome.sha256 in known:
+                        outcome.path.unlink(missing_ok=True)
+                        continue
+                    known.add(outcome.sha256)
+                    group.append(outcome)
+            if len(group) >= BATCH_FILES or sum(f.size for f in group) >= BATCH_BYTES:
+                yield flush()
+        if group:
+            yield flush()
 
     def _one(self, url: str, task_id: int) -> tuple[int, Fetched | Failed]:
         with run_context(self.run_id, self.project_id):

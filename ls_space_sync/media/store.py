@@ -35,9 +35,9 @@ reads missing bytes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import lance
@@ -70,19 +70,6 @@ REF_SCHEMA = pa.schema([
     pa.field("run_id", pa.string()),
 ])
 STORED, FAILED = "stored", "failed"
-
-
-def image_size(path: Path, mime: str) -> tuple[int | None, int | None]:
-    """``(width, height)`` in pixels of an image file (Pillow reads only its header), else ``(None, None)``."""
-    if not mime.startswith("image/"):
-        return None, None
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None, None
 
 
 class MediaStore:
@@ -129,35 +116,54 @@ class MediaStore:
             found.update(table.column("sha256").to_pylist())
         return found
 
-    def add_blobs(self, files: list[Fetched], run_id: str) -> int:
-        """Append the files whose sha256 is not stored yet (one Lance version); return how many.
+    def all_shas(self) -> set[str]:
+        """Every stored sha256 (one column scan: about 64 bytes a file)."""
+        ds = self.blobs()
+        return set() if ds is None else set(ds.to_table(columns=["sha256"]).column("sha256").to_pylist())
 
-        Rows are written one file per batch, read from the staging disk as Lance asks for them,
-        so memory holds about one file, not the run's files.
+    @staticmethod
+    def blob_batch(files: list[Fetched], run_id: str) -> pa.RecordBatch:
+        """Rows of :data:`BLOB_SCHEMA` for downloaded files (their bytes read from the staging disk)."""
+        return pa.record_batch([
+            pa.array([f.sha256 for f in files]), pa.array([f.size for f in files], pa.int64()),
+            pa.array([f.mime for f in files]), pa.array([f.width for f in files], pa.int32()),
+            pa.array([f.height for f in files], pa.int32()), pa.array([f.url for f in files]),
+            pa.array([run_id] * len(files)), pa.array([f.path.read_bytes() for f in files], pa.large_binary()),
+        ], schema=BLOB_SCHEMA)
+
+    def append_blobs(self, batches: Iterator[pa.RecordBatch], run_id: str) -> int:
+        """Append batches of new blobs as one Lance version (none if ``batches`` is empty); return rows.
+
+        The batches are pulled as Lance writes, so the caller can produce them while downloads go
+        on; memory holds the batches Lance has not written yet, not the run's files. The caller
+        leaves out sha256 digests that are stored already (:meth:`all_shas`).
         """
+        first = next(batches, None)
+        if first is None:
+            return 0
+        count = 0
+
+        def counted() -> Iterator[pa.RecordBatch]:
+            nonlocal count
+            for batch in itertools.chain([first], batches):
+                count += batch.num_rows
+                yield batch
+
+        reader = pa.RecordBatchReader.from_batches(BLOB_SCHEMA, counted())
+        mode = "append" if self.blobs() is not None else "create"
+        lance.write_dataset(reader, self.blobs_uri, schema=BLOB_SCHEMA, mode=mode,
+                            storage_options=self.store.storage_options,
+                            transaction_properties={PROP_PREFIX + "run_id": run_id})
+        return count
+
+    def add_blobs(self, files: list[Fetched], run_id: str) -> int:
+        """Append the files whose sha256 is not stored yet (one Lance version); return how many."""
         known = self.stored_shas(f.sha256 for f in files)
         new: dict[str, Fetched] = {}
         for f in files:
             if f.sha256 not in known:
                 new.setdefault(f.sha256, f)
-        if not new:
-            return 0
-
-        def batches() -> Iterator[pa.RecordBatch]:
-            for f in new.values():
-                width, height = image_size(f.path, f.mime)
-                yield pa.record_batch([
-                    pa.array([f.sha256]), pa.array([f.size], pa.int64()), pa.array([f.mime]),
-                    pa.array([width], pa.int32()), pa.array([height], pa.int32()), pa.array([f.url]),
-                    pa.array([run_id]), pa.array([f.path.read_bytes()], pa.large_binary()),
-                ], schema=BLOB_SCHEMA)
-
-        reader = pa.RecordBatchReader.from_batches(BLOB_SCHEMA, batches())
-        mode = "append" if self.blobs() is not None else "create"
-        lance.write_dataset(reader, self.blobs_uri, schema=BLOB_SCHEMA, mode=mode,
-                            storage_options=self.store.storage_options,
-                            transaction_properties={PROP_PREFIX + "run_id": run_id})
-        return len(new)
+        return self.append_blobs(iter([self.blob_batch(list(new.values()), run_id)] if new else []), run_id)
 
     def commit_refs(self, results: list[tuple[int, Fetched | Failed]], run_id: str) -> int | None:
         """Record each URL's outcome as one refs version; return it, or ``None`` if nothing changed.
