@@ -147,6 +147,20 @@ class ClusterSettings(_Section):
     advertise_url: str | None = None
 
 
+class MediaSettings(_Section):
+    """The media files tasks reference (``media:`` in YAML; docs/media.md). Sizes in bytes."""
+
+    enabled: bool = False  # fetch and version the files; off for existing configs, on in the quickstart
+    # Task data keys that hold media URLs; None: the ``$keys`` of the label config's media object
+    # tags (Image, Audio, Video, HyperText, PDF, ...).
+    keys: list[str] | None = None
+    max_bytes: int = Field(default=200_000_000, gt=0)  # a larger file is recorded failed, not stored
+    concurrency: int = Field(default=8, ge=1, le=64)  # downloads in flight at once, per project
+    # Download the files of every new or changed task again (a file replaced under the same URL
+    # becomes a new blob); False: only URLs never stored.
+    refetch_changed: bool = True
+
+
 class Settings(_Section):
     """All settings. Paths are resolved against the current directory."""
 
@@ -169,6 +183,7 @@ class Settings(_Section):
     mirrors: list[MirrorSettings] = Field(default_factory=list)
     push: PushSettings = Field(default_factory=PushSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator("projects", mode="before")

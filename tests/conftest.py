@@ -42,7 +42,11 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabe
     venv = label_studio_venv()
     try:
         ensure_venv(venv)
-        server = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"), venv=venv).start()
+        # Local-files serving (tests/integration/test_media.py): files under this root, read through
+        # a project's local storage, are served at /data/local-files/?d=<path below the root>.
+        local_files = {"LOCAL_FILES_SERVING_ENABLED": "true",
+                       "LOCAL_FILES_DOCUMENT_ROOT": str(tmp_path_factory.mktemp("local-files"))}
+        server = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"), venv=venv, extra_env=local_files).start()
     except Exception as exc:  # noqa: BLE001 - any reason must fail the test, not skip it
         pytest.fail(f"could not start Label Studio from {venv}: {exc}", pytrace=False)
     try:

@@ -92,6 +92,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                "Export a version of a project for training: Parquet, JSONL or a Hugging Face dataset."),
     "history": ("ls_space_sync.cli.history:history_command",
                 "List every stored version that changed a task or an annotation: when, which run, what, by whom."),
+    "media": ("ls_space_sync.cli.media:media_group",
+              "The media files tasks reference, stored with each version: `media status` lists what is missing."),
     "mirror": ("ls_space_sync.cli.push:mirror_command",
                "Run one pass over the configured mirror pairs (``mirrors:`` in the config)."),
     "push": ("ls_space_sync.cli.push:push_command",

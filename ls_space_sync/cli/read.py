@@ -120,8 +120,12 @@ def diff_command(obj: Any, project: int, old: str, new: str | None, as_json: boo
 @click.command("export")
 @project_option()
 @version_options
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "hf"]), default="parquet", show_default=True,
-              help="parquet: stored rows; jsonl: Label Studio task JSON; hf: a Hugging Face datasets folder.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "hf", "coco", "yolo"]), default="parquet",
+              show_default=True, help="parquet: stored rows; jsonl: Label Studio task JSON; hf: a Hugging Face datasets "
+              "folder; coco, yolo: images and labels (needs stored media).")
+@click.option("--media", "media", type=click.Choice(["auto", "inline", "ref", "none"]), default="auto",
+              show_default=True, help="Join stored media: auto (hf: Image() column, parquet: sha256), inline "
+              "(Parquet holds the bytes), ref (sha256 only), none.")
 @click.option("--regions", is_flag=True, help="One row per region (label, box/span, author) instead of per task.")
 @click.option("--source", type=click.Choice(["annotations", "predictions"]), default="annotations", show_default=True,
               help="Whose regions --regions flattens.")
@@ -129,7 +133,7 @@ def diff_command(obj: Any, project: int, old: str, new: str | None, as_json: boo
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="File (or folder for hf).")
 @click.pass_obj
 def export_command(obj: Any, project: int, tag: str | None, version: int | None, as_of: str | None, fmt: str,
-                   regions: bool, source: str, where: str | None, output: Path) -> None:
+                   media: str, regions: bool, source: str, where: str | None, output: Path) -> None:
     """Export a version of a project for training: Parquet, JSONL or a Hugging Face dataset."""
     from ls_space_sync.errors import LsSpaceSyncError
     from ls_space_sync.read.api import export_version
@@ -139,7 +143,7 @@ def export_command(obj: Any, project: int, tag: str | None, version: int | None,
     pick_ref(tag, version, as_of)  # exit 2 on a malformed choice, before any work
     try:
         rows = export_version(project, output, fmt, tag, version, as_of, obj.settings, regions=regions, where=where,
-                      source=source)
+                      source=source, media=media)
     except MissingExtra as exc:
         raise click.ClickException(str(exc)) from None
     except BadFilter as exc:

@@ -40,6 +40,7 @@ import pyarrow as pa
 from ls_space_sync.errors import Retriable
 from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS, LabelStudioError, ProjectInfo
 from ls_space_sync.logs import run_context
+from ls_space_sync.media import run as media_run
 from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
 from ls_space_sync.model.records import MalformedTask, data_columns, data_keys, parse_ts, schema_for, tasks_to_table
 from ls_space_sync.store.compaction import merge_small_fragments
@@ -153,6 +154,8 @@ class Syncer(Workspace):
                             "(%s); they are kept in data_json", project_id, ", ".join(sorted(missing)))
             plan.full_scan_if_needed(force_scan)
             plan.check_first_listing()
+            if plan.media:  # the run's media, stored and committed before the task version
+                plan.media.fetch(plan.project.label_config)
             commit = plan.commit()
         finally:
             plan.staging.discard()
@@ -165,6 +168,8 @@ class Syncer(Workspace):
         if after_commit:
             after_commit()  # tests: a crash between the commit and the bookkeeping
         store.tag(plan.tag, commit)
+        if plan.media:
+            plan.media.tag(plan.tag)
         self.state.checkpoint(project_id, signpost=signpost, full_scan=scanned)
         finished = self.state.finish_run(
             run.run_id, SUCCEEDED, version=commit, tag=plan.tag, signpost=signpost, full_scan=scanned,
@@ -212,6 +217,7 @@ class Syncer(Workspace):
             props = store.properties(version)
             tag = props.get("tag") or tag_name(run.seq)
             store.tag(tag, version)
+            media_run.recover_tag(self.settings.media, store, tag)
             # Versions written by release 0.1.0 name the signpost "cursor".
             stored = props.get("signpost") or props.get("cursor")
             signpost = parse_ts(stored) if stored else None
@@ -245,6 +251,7 @@ class _RunPlan:
         self.stored_count = store.count()
         self.staging = Staging(staging_dir(syncer.root) / f"{run.run_id}.arrow", schema)
         self.changes = ChangeSet()
+        self.media = media_run.start(syncer.settings.media, self.client, store, run.run_id, staging_dir(syncer.root))
         self.seen: set[int] = set()
         self.scanned = self.stored_count == 0  # a first sync lists every task: it is a full scan
         self.done = 0
@@ -278,6 +285,8 @@ class _RunPlan:
         wanted = set(page_changes.upserts)
         if wanted:
             self.staging.write(tasks_to_table([t for t in page if t["id"] in wanted], self.schema, self.run.run_id))
+            if self.media:
+                self.media.collect(t for t in page if t["id"] in wanted)
         self.changes.extend(page_changes)
         self.seen.update(stamps)
         self.done += len(page)

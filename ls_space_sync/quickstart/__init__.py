@@ -59,6 +59,9 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print,
             "label_studio": settings.label_studio.model_copy(
                 update={"url": server.url, "api_key": SecretStr(server.api_key)}),
             "projects": [project_id],
+            # Media on, as issue 12 asks of the quickstart: the text sample has no media keys (no
+            # request); an image project made with quickstart.demo's templates stores its images.
+            "media": settings.media.model_copy(update={"enabled": True}),
         })
         with Syncer(demo_settings) as syncer:
             result = syncer.run_once(project_id)

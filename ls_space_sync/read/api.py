@@ -227,8 +227,14 @@ def export_version(
     where: str | None = None,
     source: str = "annotations",
     data_dir: str | Path | None = None,
+    media: str = "auto",
 ) -> int:
-    """Write a version to ``path`` as ``parquet``, ``jsonl`` or ``hf`` (a ``save_to_disk`` folder).
+    """Write a version to ``path`` as ``parquet``, ``jsonl`` or ``hf`` (a ``save_to_disk`` folder),
+    or ``coco``/``yolo`` (images and labels; needs stored media).
+
+    ``media``: ``auto`` joins stored media when the project has them (``hf``: an ``Image()`` column;
+    ``parquet``: sha256 and MIME columns), ``inline`` puts the bytes in the Parquet file, ``ref``
+    only their sha256, ``none`` leaves them out (see :func:`ls_space_sync.media.read.export_media`).
 
     Tasks by default (stored rows in Parquet/HF, Label Studio task JSON in JSONL), or one row per
     region with ``regions=True`` (:data:`ls_space_sync.export.REGION_SCHEMA`). Returns the rows written.
@@ -239,13 +245,20 @@ def export_version(
     """
     ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
     check_filter(ds, where)
+    if format in ("hf", "parquet", "coco", "yolo"):  # joined with the version's media (docs/media.md)
+        from ls_space_sync.media.read import export_media
+
+        done = export_media(project_store(project, settings=settings, data_dir=data_dir), ds, Path(path), format,
+                            media=media, where=where, regions=regions)
+        if done is not None:
+            return done
     if format == "parquet":
         return _export.write_parquet(ds, Path(path), regions=regions, where=where, source=source)
     if format == "jsonl":
         return _export.write_jsonl(ds, Path(path), regions=regions, where=where, source=source)
     if format == "hf":
         return _export.save_hf(ds, Path(path), regions=regions, where=where, source=source)
-    raise ValueError(f"unknown export format {format!r}; use parquet, jsonl or hf")
+    raise ValueError(f"unknown export format {format!r}; use parquet, jsonl, hf, coco or yolo")
 
 
 def to_hf_dataset(
@@ -282,8 +295,13 @@ def torch_iterable(
     source: str = "annotations",
     transform: Callable[[dict[str, Any]], Any] | None = None,
     data_dir: str | Path | None = None,
+    media: bool = False,
+    decode: bool = True,
 ) -> Any:
     """A ``torch.utils.data.IterableDataset`` of task JSON (or region dicts), pinned to a version.
+
+    With ``media=True``: ``(task JSON, PIL image or bytes)`` pairs, the exact bytes the version's
+    tasks referenced (``decode=False``: bytes; see :func:`ls_space_sync.media.read.torch_iterable`).
 
     Use it with ``DataLoader(..., batch_size=None)`` or a ``collate_fn``; with ``num_workers > 0``
     pass ``multiprocessing_context="spawn"`` (or ``"forkserver"``): Lance is not fork-safe.
@@ -292,6 +310,10 @@ def torch_iterable(
         MissingExtra: ``torch`` is not installed (``pip install 'ls-space-sync[torch]'``).
     """
     ds = open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+    if media:
+        from ls_space_sync.media.read import torch_iterable as media_torch
+
+        return media_torch(project_store(project, settings=settings, data_dir=data_dir), ds, decode=decode, where=where)
     return _export.torch_iterable(ds, regions=regions, where=where, source=source, transform=transform)
 
 
