@@ -42,6 +42,11 @@ def _ray() -> Any:
     return ray
 
 
+# A worker's transform error comes back as a one-row table with this column: Ray 2.60 wraps user
+# errors in a UserCodeException that keeps neither the error nor its message.
+_ERROR = "__ls_space_sync_transform_error__"
+
+
 class _Apply:
     """The transform as a picklable batch function for ``map_batches``."""
 
@@ -49,18 +54,34 @@ class _Apply:
         self.transform = transform
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.transform.apply(batch)
+        try:
+            return self.transform.apply(batch)
+        except TransformError as exc:
+            return pa.table({_ERROR: [str(exc)]})
 
 
 def _read(ds: lance.LanceDataset, filter: str | None, storage_options: dict[str, str] | None) -> Any:
     ray = _ray()
-    return ray.data.read_lance(ds.uri, version=ds.version, filter=filter, storage_options=storage_options)
+    # The filter goes to Lance's scanner (``scanner_options``): read_lance's own ``filter`` argument
+    # is deprecated in Ray 2.60.
+    options = {"filter": filter} if filter else None
+    return ray.data.read_lance(ds.uri, version=ds.version, scanner_options=options, storage_options=storage_options)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """The transform's own error inside Ray's task error (``RayTaskError`` keeps it as ``cause``)."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
+    """The transform's own error inside Ray's wrappers (``UserCodeException`` caused by a
+    ``RayTaskError`` that keeps it as ``cause``), else the innermost one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    last = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TransformError):
+            return current
+        seen.add(id(current))
+        last = current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+    return last
 
 
 def apply_ids(transform: Transform, ds: lance.LanceDataset, ids: Sequence[int],
@@ -113,4 +134,7 @@ def apply_all(transform: Transform, ds: lance.LanceDataset,
 
 def _batches(data: Any) -> Iterator[pa.Table]:
     for batch in data.iter_batches(batch_format="pyarrow", batch_size=None):
-        yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if _ERROR in table.column_names:
+            raise TransformError(table.column(_ERROR)[0].as_py())
+        yield table
