@@ -33,6 +33,7 @@ with the error), and the next refresh starts again from the view's last version.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -152,6 +153,8 @@ def view_store(ws: Workspace, view: ViewSettings) -> ViewStore:
 def refresh_project_views(ws: Workspace, project_id: int) -> list[ViewRefresh]:
     """Refresh every view of a project after one of its sync runs; never raises.
 
+    Returns the refreshes that committed or failed (views already current are left out).
+
     A view that fails is recorded failed (see :func:`refresh_view`) and logged; a view another
     process is refreshing is left to it. The source's sync is never affected.
     """
@@ -165,10 +168,9 @@ def refresh_project_views(ws: Workspace, project_id: int) -> list[ViewRefresh]:
         except Exception as exc:  # noqa: BLE001 - a view must never fail its source's sync
             log.warning("view %s of project %s: refresh failed: %s", view.name, project_id, exc)
             continue
-        if result.status == FAILED:
-            log.warning("%s", result.summary())
-        elif result.status == SUCCEEDED:
-            log.info("%s", result.summary())
+        if result.status == SKIPPED:  # already current
+            continue
+        log.log(logging.WARNING if result.status == FAILED else logging.INFO, "%s", result.summary())
         out.append(result)
     return out
 
@@ -289,7 +291,7 @@ def changed_tasks(old: lance.LanceDataset, new: lance.LanceDataset) -> tuple[lis
 
 def _props(transform: Transform, source_version: int, mode: str, run_id: str) -> dict[str, str]:
     props = {"source_version": str(source_version), "fingerprint": transform.fingerprint, "mode": mode,
-             "run_id": run_id, "transform": transform.label}
+             "run_id": run_id, "transform": transform.label, "primary_key": json.dumps(list(transform.primary_key))}
     return {PROP_PREFIX + k: v for k, v in props.items()}
 
 

@@ -85,3 +85,18 @@ def view_lock(root: Path, project_id: int, name: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def stored_views(root: Path) -> dict[str, list[int]]:
+    """The views that have a dataset under the store root: ``{name: [source project ids]}``.
+
+    Found on disk (``project-<id>.view-<name>.lance``), so readers need no config: SQL's
+    ``view_<name>`` tables. A name under two projects (a view moved to another source) lists both.
+    """
+    out: dict[str, list[int]] = {}
+    for path in sorted(Path(root).glob("project-*.view-*.lance")):
+        head, _, rest = path.name.partition(".view-")
+        pid, name = head[len("project-"):], rest[:-len(".lance")]
+        if pid.isdigit() and (path / "_versions").exists():
+            out.setdefault(name, []).append(int(pid))
+    return out
