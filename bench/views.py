@@ -25,8 +25,8 @@ import shutil
 from datetime import datetime, timezone
 
 import pyarrow as pa
-
 from common import LABEL_CONFIG, BenchEnv, Row, log, main_for, median, server_shaped_tasks, timer
+
 from ls_space_sync.model.records import data_keys, schema_for, tasks_to_table
 from ls_space_sync.settings import load_settings
 from ls_space_sync.store.dataset import ProjectStore

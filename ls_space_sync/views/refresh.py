@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: A step that changes more than this share of the source's tasks is done as a full rebuild.
 FULL_SHARE = 0.25
+#: How long a sync run's refresh waits for the previous run's refresh of the same view (seconds):
+#: the daemon's runs of a project can follow each other faster than a heavy view refreshes.
+HOOK_WAIT_SECONDS = 60.0
 # Ids per Lance filter when reading changed rows (``id IN (...)``).
 _ID_CHUNK = 5000
 
@@ -156,12 +159,13 @@ def refresh_project_views(ws: Workspace, project_id: int) -> list[ViewRefresh]:
     Returns the refreshes that committed or failed (views already current are left out).
 
     A view that fails is recorded failed (see :func:`refresh_view`) and logged; a view another
-    process is refreshing is left to it. The source's sync is never affected.
+    refresh still holds after :data:`HOOK_WAIT_SECONDS` is left to the next run. The source's
+    sync is never affected.
     """
     out = []
     for view in views_of(ws, project_id):
         try:
-            result = refresh_view(ws, view, trigger="run")
+            result = refresh_view(ws, view, trigger="run", wait_seconds=HOOK_WAIT_SECONDS)
         except ViewLocked as exc:
             log.info("%s", exc)
             continue
@@ -175,13 +179,16 @@ def refresh_project_views(ws: Workspace, project_id: int) -> list[ViewRefresh]:
     return out
 
 
-def refresh_view(ws: Workspace, view: ViewSettings, *, rebuild: bool = False, trigger: str = "manual") -> ViewRefresh:
+def refresh_view(ws: Workspace, view: ViewSettings, *, rebuild: bool = False, trigger: str = "manual",
+                 wait_seconds: float = 0) -> ViewRefresh:
     """Bring one view up to its source's latest version (see the module docstring).
 
     Args:
         ws: the workspace (settings, state database, store root).
         view: the view's settings.
         rebuild: recompute the whole view even if an incremental refresh would do.
+        wait_seconds: how long to wait for another refresh of the view to finish (then this one
+            catches up from where that one left the view).
         trigger: who asked (``run`` after a sync, ``manual``), for the log; the ``sync_runs`` row of
             kind ``view`` has the view's name as its ``trigger``.
 
@@ -197,7 +204,7 @@ def refresh_view(ws: Workspace, view: ViewSettings, *, rebuild: bool = False, tr
     result = ViewRefresh(view.name, view.project, SKIPPED)
     if not source.exists():
         return result
-    with view_lock(ws.root, view.project, view.name):
+    with view_lock(ws.root, view.project, view.name, wait_seconds):
         run = None
         try:
             transform = transforms.load(view)

@@ -68,15 +68,16 @@ class ViewStore(ProjectStore):
 
 
 @contextmanager
-def view_lock(root: Path, project_id: int, name: str) -> Iterator[None]:
-    """Hold the one-writer lock of a view (``<root>/project-<id>.view-<name>.lock``) or raise at once.
+def view_lock(root: Path, project_id: int, name: str, wait_seconds: float = 0) -> Iterator[None]:
+    """Hold the one-writer lock of a view (``<root>/project-<id>.view-<name>.lock``), waiting up to
+    ``wait_seconds`` for another refresh of it to finish.
 
     Raises:
-        ViewLocked: another process or thread is refreshing this view.
+        ViewLocked: another process or thread is still refreshing this view.
     """
     Path(root).mkdir(parents=True, exist_ok=True)
     path = str(Path(root) / f"project-{project_id}.view-{name}.lock")
-    lock = FileLock(path, timeout=0, is_singleton=False, thread_local=False)
+    lock = FileLock(path, timeout=wait_seconds, is_singleton=False, thread_local=False)
     try:
         lock.acquire()
     except Timeout:

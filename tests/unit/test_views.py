@@ -304,3 +304,18 @@ def test_builtin_regions_normalise_geometry(ws):
     row = view_store(ws, view).dataset().to_table().to_pylist()[0]
     assert (row["label"], row["x"], row["y"], row["width"], row["height"]) == ("Car", 0.1, 0.2, 0.5, 0.25)
     assert pc.sum(view_store(ws, view).dataset().to_table().column("task_id")).as_py() == 1
+
+
+def test_a_view_being_refreshed_elsewhere_is_left_to_that_refresh(ws, monkeypatch):
+    from ls_space_sync.views import ViewLocked, refresh
+    from ls_space_sync.views.store import view_lock
+
+    Source(ws.root).run([task(i, [], 0) for i in range(1, 5)])
+    view = ws.settings.views[0]
+    monkeypatch.setattr(refresh, "HOOK_WAIT_SECONDS", 0.2)
+    with view_lock(ws.root, PID, view.name):
+        with pytest.raises(ViewLocked, match="being refreshed"):
+            refresh_view(ws, view)
+        done = {r.view for r in refresh_project_views(ws, PID)}
+    assert view.name not in done and "annotations" in done  # the others went ahead
+    assert refresh_view(ws, view).full  # and the next one builds it

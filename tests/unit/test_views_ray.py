@@ -75,3 +75,19 @@ def picky(tasks: pa.Table) -> pa.Table:
         if task_id >= 500:
             raise ValueError(f"task {task_id} is too big")
     return pa.table({"task_id": pa.array(ids, pa.int64())})
+
+
+def test_to_ray_reads_sources_and_views_at_a_tag(tmp_path):
+    from ls_space_sync.read import api
+
+    ws = workspace(tmp_path, VIEWS[1:2])
+    src = Source(ws.root)
+    src.run([task(i, [], 0) for i in range(1, 30)])
+    refresh_view(ws, ws.settings.views[0].model_copy(update={"executor": "inprocess"}))
+    src.run([task(40, [], 1)], deletes=[1, 2])
+    refresh_view(ws, ws.settings.views[0].model_copy(update={"executor": "inprocess"}))
+    at_first = api.to_ray(view="mine", tag="run-000001", settings=ws.settings)
+    assert at_first.count() == view_store(ws, ws.settings.views[0]).dataset("run-000001").count_rows()
+    source = api.to_ray(PID, tag="run-000002", settings=ws.settings, columns=["id"], where="id > 35")
+    assert [r["id"] for r in source.take_all()] == [40]
+    ws.close()

@@ -46,9 +46,11 @@ def test_views_list_refresh_read(built):
     out = cli(config, "views", "refresh")
     assert out.exit_code == 0 and out.output.count(": current (source v2)") == len(VIEWS)
 
-    rows = [json.loads(line) for line in cli(config, "views", "read", "task_labels", "--tag", "run-000001").output.splitlines()]
+    rows = cli(config, "views", "read", "task_labels", "--tag", "run-000001").output.splitlines()
+    rows = [json.loads(line) for line in rows]
     assert sorted(r["task_id"] for r in rows) == list(range(1, 40))
-    latest = [json.loads(line) for line in cli(config, "views", "read", "task_labels", "--where", "task_id > 45").output.splitlines()]
+    latest = cli(config, "views", "read", "task_labels", "--where", "task_id > 45").output.splitlines()
+    latest = [json.loads(line) for line in latest]
     assert [r["task_id"] for r in latest] == [50]
 
     missing = CliRunner().invoke(main, ["--config", str(config), "views", "read", "nope"])
