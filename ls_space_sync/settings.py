@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from ls_space_sync.errors import Terminal, register_secret
 
@@ -161,6 +161,46 @@ class MediaSettings(_Section):
     refetch_changed: bool = True
 
 
+# The built-in views (ls_space_sync/views/builtins.py), usable by name alone: ``views: [{name: regions, project: 3}]``.
+BUILTIN_VIEWS = ("regions", "annotations", "task_labels")
+
+
+class ViewSettings(_Section):
+    """A materialized view of a project (``views: [...]``), refreshed after every sync run.
+
+    The transform is one of ``builtin`` (a name of :data:`BUILTIN_VIEWS`; the default when the
+    view's ``name`` is one), ``sql`` (DuckDB SQL over the table ``tasks``: the task rows) or
+    ``python`` (``module:function`` taking a ``pyarrow.Table`` of task rows and returning the view's
+    rows). Every view row carries ``task_id``, and ``primary_key`` (required for ``sql``/``python``)
+    starts with it; see docs/views.md.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    project: int
+    builtin: Literal["regions", "annotations", "task_labels"] | None = None
+    sql: str | None = None
+    python: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    primary_key: list[str] | None = None
+    executor: Literal["inprocess", "ray"] = "inprocess"
+
+    @model_validator(mode="after")
+    def _one_transform(self) -> "ViewSettings":
+        given = [k for k in ("builtin", "sql", "python") if getattr(self, k)]
+        if not given and self.name in BUILTIN_VIEWS:
+            self.builtin = self.name  # type: ignore[assignment]
+            given = ["builtin"]
+        if len(given) != 1:
+            raise ValueError(f"view {self.name!r}: give exactly one of builtin, sql, python "
+                             f"(got {', '.join(given) or 'none'}); built-in views: {', '.join(BUILTIN_VIEWS)}")
+        if not self.builtin:
+            if not self.primary_key:
+                raise ValueError(f"view {self.name!r}: a sql or python view needs primary_key, e.g. [task_id]")
+            if self.primary_key[0] != "task_id":
+                raise ValueError(f"view {self.name!r}: primary_key must start with task_id "
+                                 f"(got {self.primary_key}), e.g. [task_id, annotation_id]")
+        return self
+
+
 class Settings(_Section):
     """All settings. Paths are resolved against the current directory."""
 
@@ -184,6 +224,7 @@ class Settings(_Section):
     push: PushSettings = Field(default_factory=PushSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    views: list[ViewSettings] = Field(default_factory=list)
     log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator("projects", mode="before")
@@ -193,6 +234,15 @@ class Settings(_Section):
             return [int(v)]
         if isinstance(v, str) and "," in v:
             return [int(p) for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("views")
+    @classmethod
+    def _unique_views(cls, v: list[ViewSettings]) -> list[ViewSettings]:
+        names = [view.name for view in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"view names must be unique (their SQL tables are view_<name>): {', '.join(twice)}")
         return v
 
     @property

@@ -108,6 +108,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                "Show every project on one screen: last run, lag behind Label Studio, failures, tags."),
     "completion": ("ls_space_sync.cli.status:completion_command",
                    "Print the shell completion script for bash, zsh or fish."),
+    "views": ("ls_space_sync.cli.views:views_command",
+              "List, refresh and read the materialized views (``views:`` in the config), versioned with their sources."),
     "webhooks": ("ls_space_sync.cli.service:webhooks_command",
                  "Install or remove the project webhooks that make the daemon sync right after a change."),
 }
@@ -213,6 +215,8 @@ def sync_projects(syncer: Any, project_ids: list[int], *, full_scan: bool = Fals
         try:
             result = syncer.run_once(pid, full_scan=full_scan, progress=advance)
             echo(result.summary())
+            for view in result.views:  # the project's materialized views, refreshed after the run
+                echo("  " + view.summary())
         except (LsSpaceSyncError, ValueError) as exc:
             failed.append(pid)
             echo(f"project {pid}: FAILED: {exc}")

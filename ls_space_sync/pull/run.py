@@ -47,6 +47,7 @@ from ls_space_sync.store.compaction import merge_small_fragments
 from ls_space_sync.store.dataset import ProjectStore, Root, Staging, local_dir
 from ls_space_sync.store.leases import writer_lock
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, SyncRun
+from ls_space_sync.views.refresh import ViewRefresh, refresh_project_views
 from ls_space_sync.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class RunResult:
     requests: int = 0
     seconds: float = 0.0
     recovered: list[str] = field(default_factory=list)
+    views: list[ViewRefresh] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for people: ``project 3: run-000042 v7 +10 ~2 -1 (1.3 s, 4 requests)``."""
@@ -131,7 +133,9 @@ class Syncer(Workspace):
                                       requests=self.client.requests - requests_before)
                 raise
             result.recovered = recovered
-            return result
+        if self.settings.views:  # after the lock: a view's refresh never holds up its source's next sync
+            result.views = refresh_project_views(self, project_id)  # never raises; failures are recorded
+        return result
 
     def _run(self, run: SyncRun, project_id: int, force_scan: bool,
              progress: Callable[[int, int | None], None] | None, requests_before: int,

@@ -349,3 +349,113 @@ def compact(
                         keep_tags_days=keep_tags_days, dry_run=dry_run)
         for pid in ids
     ]
+
+
+# --- views and dataframe readers (issue 13) ------------------------------------------------------
+
+def open_view(
+    view: str,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    data_dir: str | Path | None = None,
+) -> lance.LanceDataset:
+    """Open a materialized view (``views:`` in the config, or found in the store) at a version.
+
+    Views carry their source's tags: ``open_view("regions", tag="run-000002")`` holds the regions
+    of the source at ``run-000002``.
+
+    Raises:
+        StoreError: the view was never built, or has no such tag/version/time.
+        ViewConfigError: no view of that name configured or stored.
+    """
+    from ls_space_sync.views.store import ViewStore, stored_views
+    from ls_space_sync.views.transforms import ViewConfigError
+
+    resolved = _settings(settings, data_dir)
+    pids = [v.project for v in resolved.views if v.name == view] or stored_views(resolved.resolved_store_root).get(view, [])
+    if len(pids) != 1:
+        raise ViewConfigError(f"no view named {view!r} is configured or stored" if not pids else
+                              f"view {view!r} is stored for projects {pids}; configure which one in views:")
+    store = ViewStore(ProjectStore(resolved.resolved_store_root, pids[0]), view)
+    return open_ref(store, ref_of(tag, version, as_of))
+
+
+def _source_or_view(project: int | None, view: str | None, tag: str | None, version: int | None,
+                    as_of: datetime | str | None, settings: Settings | None,
+                    data_dir: str | Path | None) -> lance.LanceDataset:
+    if (project is None) == (view is None):
+        raise ValueError("give a project id or view=NAME (one of them)")
+    if view is not None:
+        return open_view(view, tag, version, as_of, settings, data_dir=data_dir)
+    assert project is not None
+    return open_dataset(project, tag, version, as_of, settings, data_dir=data_dir)
+
+
+def to_ray(
+    project: int | None = None,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    view: str | None = None,
+    columns: list[str] | None = None,
+    where: str | None = None,
+    data_dir: str | Path | None = None,
+) -> Any:
+    """A Ray Data ``Dataset`` of a project's tasks or a view (``view="regions"``), pinned to a version.
+
+    ``ray.data.read_lance`` at the resolved version number, so the rows never move under a running
+    job. Uses the Ray already initialised, else starts a local one.
+
+    Raises:
+        MissingRay: Ray Data is not installed (``pip install 'ls-space-sync[ray]'``).
+        StoreError: no dataset or no such version. BadFilter: ``where`` does not parse.
+    """
+    from ls_space_sync.views.ray_executor import MissingRay
+
+    ds = _source_or_view(project, view, tag, version, as_of, settings, data_dir)
+    check_filter(ds, where)
+    try:
+        import ray.data
+    except ImportError:
+        raise MissingRay("to_ray needs Ray Data: pip install 'ls-space-sync[ray]'") from None
+    options = {"filter": where} if where else None
+    return ray.data.read_lance(ds.uri, version=ds.version, columns=columns, scanner_options=options)
+
+
+def to_polars(
+    project: int | None = None,
+    tag: str | None = None,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    *,
+    view: str | None = None,
+    lazy: bool = False,
+    columns: list[str] | None = None,
+    where: str | None = None,
+    data_dir: str | Path | None = None,
+) -> Any:
+    """A Polars ``DataFrame`` (or, with ``lazy=True``, a ``LazyFrame`` that scans the Lance dataset
+    through ``pl.scan_pyarrow_dataset``) of a project's tasks or a view, at a version.
+
+    Raises:
+        MissingExtra: Polars is not installed (``pip install 'ls-space-sync[polars]'``).
+        StoreError: no dataset or no such version. BadFilter: ``where`` does not parse.
+    """
+    ds = _source_or_view(project, view, tag, version, as_of, settings, data_dir)
+    check_filter(ds, where)
+    try:
+        import polars as pl
+    except ImportError:
+        raise _export.MissingExtra("to_polars needs Polars: pip install 'ls-space-sync[polars]'") from None
+    if lazy:
+        if where:
+            raise ValueError("with lazy=True filter the LazyFrame itself (.filter(...)), not with where=")
+        frame = pl.scan_pyarrow_dataset(ds)
+        return frame.select(columns) if columns else frame
+    return pl.from_arrow(ds.to_table(columns=columns, filter=where))

@@ -26,8 +26,10 @@ from ls_space_sync.model.refs import Ref
 from ls_space_sync.read.diff import open_ref
 from ls_space_sync.read.examples import EXAMPLES
 from ls_space_sync.store.dataset import ProjectStore, Root, stored_projects  # noqa: F401 - stored_projects: its old home
+from ls_space_sync.views.store import ViewStore, stored_views
 
 _TABLE = re.compile(r"^project_(\d+)$")
+_VIEW_TABLE = re.compile(r"^view_([a-z][a-z0-9_]*)$")
 
 
 
@@ -63,6 +65,35 @@ def _identifiers(query: str) -> list[str]:
     return out
 
 
+def _names(query: str) -> set[str]:
+    try:
+        return set(duckdb.get_table_names(query))
+    except duckdb.Error:
+        try:
+            return set(_identifiers(query))
+        except duckdb.Error:
+            return set()
+
+
+def referenced_views(query: str, root: Root) -> dict[str, int]:
+    """The stored views whose tables (``view_<name>``) a query names: ``{name: source project id}``.
+
+    Raises:
+        QueryError: a view name is stored under two projects (say which to read with the Python API).
+    """
+    stored = stored_views(root)
+    out = {}
+    for name in _names(query):
+        m = _VIEW_TABLE.match(name.split(".")[-1].strip('"'))
+        if m and m.group(1) in stored:
+            pids = stored[m.group(1)]
+            if len(pids) > 1:
+                raise QueryError(f"view {m.group(1)} is stored for projects {pids}; remove the stale one "
+                                 f"(project-<id>.view-{m.group(1)}.lance) or read it with lss.open_view")
+            out[m.group(1)] = pids[0]
+    return out
+
+
 def referenced_projects(query: str, root: Root) -> list[int]:
     """Project ids whose tables a query names.
 
@@ -92,8 +123,12 @@ def connect(
     ref: Ref | str | int | None = None,
     refs: Mapping[int, Ref | str | int | None] | None = None,
     projects: Iterable[int] | None = None,
+    views: Mapping[str, int] | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open an in-memory DuckDB connection with project datasets as tables ``project_<id>``.
+
+    Materialized views are tables ``view_<name>`` (``views``: ``{name: source project}``; default
+    every stored view), at the same ref as their source project (views carry their source's tags).
 
     Args:
         root: the store root (``Settings.resolved_store_root``).
@@ -113,6 +148,10 @@ def connect(
     for pid in ids:
         ds = open_ref(ProjectStore(root, pid), refs.get(pid, ref))
         con.register(table_name(pid), ds)
+    if views is None:
+        views = {name: pids[0] for name, pids in stored_views(root).items() if len(pids) == 1}
+    for name, pid in views.items():
+        con.register(f"view_{name}", open_ref(ViewStore(ProjectStore(root, pid), name), refs.get(pid, ref)))
     return con
 
 
@@ -135,12 +174,13 @@ def run(
     query = query.strip().rstrip(";")
     # A table of a project without a dataset is left to DuckDB, whose error lists the known ones.
     named = [p for p in referenced_projects(query, root) if ProjectStore(root, p).exists()]
-    con = connect(root, ref=ref, refs=refs, projects=named)
+    con = connect(root, ref=ref, refs=refs, projects=named, views=referenced_views(query, root))
     try:
         return con, con.sql(query)
     except duckdb.Error as exc:
         con.close()
-        known = ", ".join(table_name(p) for p in stored_projects(root)) or "none (run `ls-space-sync sync` first)"
+        known = ", ".join([table_name(p) for p in stored_projects(root)] + [f"view_{v}" for v in stored_views(root)]) \
+            or "none (run `ls-space-sync sync` first)"
         # One line: DuckDB's first line says what and where ("syntax error at or near ..."); the
         # rest is its caret drawing.
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
