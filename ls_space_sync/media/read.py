@@ -34,7 +34,7 @@ from ls_space_sync.errors import UsageError
 from ls_space_sync.media.keys import media_keys
 from ls_space_sync.media.store import MediaStore
 from ls_space_sync.model.records import row_to_task
-from ls_space_sync.store.dataset import ProjectStore, version_time
+from ls_space_sync.store.dataset import ProjectStore, Root, version_time
 
 BATCH_ROWS = 256
 
@@ -205,13 +205,13 @@ def write_parquet(reader: MediaReader, path: Path, *, where: str | None = None, 
 class MediaItems:
     """The items of :func:`torch_iterable`: a picklable callable over a task version's media."""
 
-    def __init__(self, root: str, project: int, version: int, storage_options: dict[str, str] | None,
+    def __init__(self, root: Root, project: int, version: int, storage_options: dict[str, str] | None,
                  keys: list[str] | None, decode: bool, where: str | None):
         self.root, self.project, self.version, self.storage_options = root, project, version, storage_options
         self.keys, self.decode, self.where = keys, decode, where
 
     def __call__(self, fragments_of: Any = None) -> Iterator[tuple[dict[str, Any], Any]]:
-        store = ProjectStore(Path(self.root), self.project)
+        store = ProjectStore(self.root, self.project)
         store.storage_options = self.storage_options
         ds = store.dataset(self.version)
         reader = MediaReader(store, ds, self.keys)
@@ -245,7 +245,7 @@ def torch_iterable(store: ProjectStore, ds: lance.LanceDataset, *, keys: list[st
     """
     from torch.utils.data import IterableDataset, get_worker_info
 
-    items = MediaItems(str(store.root), store.project_id, ds.version, store.storage_options, keys, decode, where)
+    items = MediaItems(store.root, store.project_id, ds.version, store.storage_options, keys, decode, where)
 
     class TasksWithMedia(IterableDataset):
         def __iter__(self) -> Iterator[tuple[dict[str, Any], Any]]:

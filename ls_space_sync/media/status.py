@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ls_space_sync.media.store import FAILED, MediaStore
-from ls_space_sync.store.dataset import ProjectStore
+from ls_space_sync.store.dataset import ProjectStore, Root, dataset_names
 
 
 @dataclass
@@ -31,7 +30,7 @@ class MediaStatus:
         return asdict(self)
 
 
-def media_status(root: Path, project_id: int, storage_options: dict[str, str] | None = None) -> MediaStatus:
+def media_status(root: Root, project_id: int, storage_options: dict[str, str] | None = None) -> MediaStatus:
     """Read a project's media status from the store (Label Studio is not asked)."""
     store = ProjectStore(root, project_id)
     store.storage_options = storage_options
@@ -52,11 +51,11 @@ def media_status(root: Path, project_id: int, storage_options: dict[str, str] | 
     return out
 
 
-def media_projects(root: Path) -> list[int]:
-    """Ids of the projects that have media refs under the store root."""
+def media_projects(root: Root) -> list[int]:
+    """Ids of the projects that have media refs under the store root (a folder or a bucket)."""
     out = []
-    for path in Path(root).glob("project-*.media-refs.lance"):
-        pid = path.name[len("project-"):-len(".media-refs.lance")]
+    for name in dataset_names(root, "project-*.media-refs.lance"):
+        pid = name[len("project-"):-len(".media-refs.lance")]
         if pid.isdigit():
             out.append(int(pid))
     return sorted(out)

@@ -19,6 +19,7 @@ given the root's storage options. Staging files and the file locks always stay o
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import json
 import re
@@ -273,7 +274,7 @@ class ProjectStore:
         if self._exists:  # a dataset is never removed by this package: one LIST request per store object
             return True
         try:
-            listing = _session(self.root).list_with_delimiter(f"project-{self.project_id}.lance/_versions")
+            listing = _session(self.root).list_with_delimiter(f"{self.uri[len(self.root.uri) + 1:]}/_versions")
         except (OSError, RuntimeError, ValueError) as exc:
             raise _store_errors(self.root, exc) from None
         self._exists = bool(listing.objects)
@@ -468,6 +469,24 @@ class ProjectStore:
         return out
 
 
+def dataset_names(root: Root, pattern: str = "project-*.lance") -> list[str]:
+    """Names of the entries right under the store root that match a glob ``pattern``, sorted.
+
+    A folder is globbed; an object store is listed one level deep with Lance's own client
+    (``LanceFileSession.list_with_delimiter``), the same storage options as the datasets.
+
+    Raises:
+        StoreAccessError, StoreUnreachable: an object store that refuses us or does not answer.
+    """
+    if isinstance(root, StoreRoot):
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in _session(root).list_with_delimiter().common_prefixes]
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise _store_errors(root, exc) from None
+        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+    return sorted(path.name for path in Path(root).glob(pattern))
+
+
 def stored_projects(root: Root) -> list[int]:
     """Ids of the projects that have a dataset under the store root.
 
@@ -478,15 +497,8 @@ def stored_projects(root: Root) -> list[int]:
     Raises:
         StoreAccessError, StoreUnreachable: an object store that refuses us or does not answer.
     """
-    if isinstance(root, StoreRoot):
-        try:
-            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in _session(root).list_with_delimiter().common_prefixes]
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise _store_errors(root, exc) from None
-    else:
-        names = [path.name for path in Path(root).glob("project-*.lance")]
     out = []
-    for name in names:
+    for name in dataset_names(root):
         suffix = name[len("project-"):-len(".lance")] if name.startswith("project-") and name.endswith(".lance") else ""
         if suffix.isdigit() and ProjectStore(root, int(suffix)).exists():
             out.append(int(suffix))

@@ -44,7 +44,7 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ls_space_sync.settings import Settings, ViewSettings
+from ls_space_sync.settings import Settings, StoreRoot, ViewSettings
 from ls_space_sync.store.dataset import PROP_PREFIX, ProjectStore
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, StateDB
 from ls_space_sync.views import transforms
@@ -68,7 +68,7 @@ class Workspace(Protocol):
 
     settings: Settings
     state: StateDB
-    root: Path
+    root: Path | StoreRoot
 
     def store(self, project_id: int) -> ProjectStore: ...
 

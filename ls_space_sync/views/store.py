@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Iterator
 
 import lance
 from filelock import FileLock, Timeout
 
 from ls_space_sync.errors import Retriable
-from ls_space_sync.store.dataset import ProjectStore, StoreError
+from ls_space_sync.store.dataset import ProjectStore, Root, StoreError, dataset_names, local_dir
 
 
 class ViewLocked(StoreError, Retriable):
@@ -68,15 +67,16 @@ class ViewStore(ProjectStore):
 
 
 @contextmanager
-def view_lock(root: Path, project_id: int, name: str, wait_seconds: float = 0) -> Iterator[None]:
+def view_lock(root: Root, project_id: int, name: str, wait_seconds: float = 0) -> Iterator[None]:
     """Hold the one-writer lock of a view (``<root>/project-<id>.view-<name>.lock``), waiting up to
     ``wait_seconds`` for another refresh of it to finish.
 
     Raises:
         ViewLocked: another process or thread is still refreshing this view.
     """
-    Path(root).mkdir(parents=True, exist_ok=True)
-    path = str(Path(root) / f"project-{project_id}.view-{name}.lock")
+    folder = local_dir(root)  # for an object store: the local staging_dir, beside the project locks
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str(folder / f"project-{project_id}.view-{name}.lock")
     lock = FileLock(path, timeout=wait_seconds, is_singleton=False, thread_local=False)
     try:
         lock.acquire()
@@ -88,16 +88,17 @@ def view_lock(root: Path, project_id: int, name: str, wait_seconds: float = 0) -
         lock.release()
 
 
-def stored_views(root: Path) -> dict[str, list[int]]:
+def stored_views(root: Root) -> dict[str, list[int]]:
     """The views that have a dataset under the store root: ``{name: [source project ids]}``.
 
-    Found on disk (``project-<id>.view-<name>.lance``), so readers need no config: SQL's
-    ``view_<name>`` tables. A name under two projects (a view moved to another source) lists both.
+    Found in the store (``project-<id>.view-<name>.lance``, a folder or a bucket), so readers need
+    no config: SQL's ``view_<name>`` tables. A name under two projects (a view moved to another
+    source) lists both.
     """
     out: dict[str, list[int]] = {}
-    for path in sorted(Path(root).glob("project-*.view-*.lance")):
-        head, _, rest = path.name.partition(".view-")
+    for entry in dataset_names(root, "project-*.view-*.lance"):
+        head, _, rest = entry.partition(".view-")
         pid, name = head[len("project-"):], rest[:-len(".lance")]
-        if pid.isdigit() and (path / "_versions").exists():
+        if pid.isdigit() and ViewStore(ProjectStore(root, int(pid)), name).exists():
             out.setdefault(name, []).append(int(pid))
     return out
