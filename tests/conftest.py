@@ -3,8 +3,10 @@
 The server starts once per session, the first time a test asks for `label_studio` (directly or
 through `ls_client` / `new_project`), so unit tests run without it. Its virtual environment is
 `$LS_SPACE_SYNC_TEST_LS_VENV`, else `<repo>/.ci-cache/label-studio-venv` (installed by
-`ensure_venv` if missing; `.ci/run` does that up front). A server that cannot start fails the
-tests that need it; it never skips them.
+`ensure_venv` if missing; `.ci/run` does that up front). Modules marked
+`label_studio_servers(...)` also run against Label Studio on PostgreSQL and the oldest supported
+release (tests/lsserver.py), each started once too. A server that cannot start fails the tests
+that need it; it never skips them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
-from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv
+from ls_space_sync.quickstart.localserver import LABEL_STUDIO_VERSION, LocalLabelStudio, ensure_venv
+from tests import lsserver
+from tests.pg import PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_VENV"
@@ -28,6 +32,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: talks to a real Label Studio server started by the session fixture"
     )
+    config.addinivalue_line(
+        "markers", "label_studio_servers(*kinds): run the module's tests against each kind of Label Studio "
+        "server (sqlite, postgresql, oldest; tests/lsserver.py)"
+    )
 
 
 def label_studio_venv() -> Path:
@@ -35,19 +43,72 @@ def label_studio_venv() -> Path:
     return Path(os.environ.get(VENV_ENV_VAR) or REPO_ROOT / ".ci-cache" / "label-studio-venv")
 
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
-    """A running Label Studio server on 127.0.0.1, shared by the session (stopped at the end)."""
-    venv = label_studio_venv()
+def _start(venv: Path, data_dir: Path, what: str, version: str = LABEL_STUDIO_VERSION,
+           extra_env: dict[str, str] | None = None) -> LocalLabelStudio:
     try:
-        ensure_venv(venv)
-        server = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"), venv=venv).start()
+        ensure_venv(venv, version=version)
+        return LocalLabelStudio(data_dir, venv=venv, extra_env=extra_env).start()
     except Exception as exc:  # noqa: BLE001 - any reason must fail the test, not skip it
-        pytest.fail(f"could not start Label Studio from {venv}: {exc}", pytrace=False)
+        pytest.fail(f"could not start {what} from {venv}: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def label_studio_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
+    """Label Studio 1.23.2 on SQLite, on 127.0.0.1, shared by the session (stopped at the end)."""
+    server = _start(label_studio_venv(), tmp_path_factory.mktemp("label-studio"), "Label Studio")
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
+    """Label Studio 1.23.2 with its database on a throwaway PostgreSQL (tests/lsserver.py)."""
+    try:
+        pg = PostgresServer().start()
+        pg.create_database(lsserver.LS_DATABASE)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"could not start the PostgreSQL for Label Studio: {exc}", pytrace=False)
+    try:
+        server = _start(label_studio_venv(), tmp_path_factory.mktemp("label-studio-pg"),
+                        "Label Studio on PostgreSQL", extra_env=lsserver.postgres_env(pg))
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio_oldest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
+    """The oldest supported Label Studio (tests/lsserver.py) on SQLite."""
+    version = lsserver.OLDEST_LABEL_STUDIO_VERSION
+    server = _start(lsserver.oldest_venv(), tmp_path_factory.mktemp(f"label-studio-{version}"),
+                    f"Label Studio {version}", version=version)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio(request: pytest.FixtureRequest) -> LocalLabelStudio:
+    """A running Label Studio server on 127.0.0.1: the SQLite one, or the kind a module marked with
+    ``label_studio_servers`` is parametrized by (tests/lsserver.py). Each kind starts once."""
+    kind = getattr(request, "param", "sqlite")
+    return request.getfixturevalue(f"label_studio_{kind}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("label_studio_servers")
+    if marker is None or "label_studio" not in metafunc.fixturenames:
+        return
+    unknown = set(marker.args) - set(lsserver.KINDS)
+    if unknown:
+        raise pytest.UsageError(f"label_studio_servers: unknown kinds {sorted(unknown)}; known: {lsserver.KINDS}")
+    metafunc.parametrize("label_studio", list(marker.args), indirect=True, scope="session")
 
 
 @pytest.fixture

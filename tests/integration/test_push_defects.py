@@ -26,7 +26,7 @@ from ls_space_sync.settings import MirrorSettings, load_settings
 from ls_space_sync.pull.run import Syncer
 from ls_space_sync.model.taskdiff import content_hash
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.label_studio_servers("sqlite", "postgresql")]
 
 CONFIG = """<View>
   <Text name="text" value="$text"/>
