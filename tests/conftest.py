@@ -20,9 +20,8 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
-from ls_space_sync.quickstart.localserver import LABEL_STUDIO_VERSION, LocalLabelStudio, ensure_venv
+from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv
 from tests import lsserver
-from tests.pg import PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_VENV"
@@ -43,11 +42,10 @@ def label_studio_venv() -> Path:
     return Path(os.environ.get(VENV_ENV_VAR) or REPO_ROOT / ".ci-cache" / "label-studio-venv")
 
 
-def _start(venv: Path, data_dir: Path, what: str, version: str = LABEL_STUDIO_VERSION,
-           extra_env: dict[str, str] | None = None) -> LocalLabelStudio:
+def _start(venv: Path, data_dir: Path, what: str) -> LocalLabelStudio:
     try:
-        ensure_venv(venv, version=version)
-        return LocalLabelStudio(data_dir, venv=venv, extra_env=extra_env).start()
+        ensure_venv(venv)
+        return LocalLabelStudio(data_dir, venv=venv).start()
     except Exception as exc:  # noqa: BLE001 - any reason must fail the test, not skip it
         pytest.fail(f"could not start {what} from {venv}: {exc}", pytrace=False)
 
@@ -62,35 +60,47 @@ def label_studio_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def label_studio_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
-    """Label Studio 1.23.2 with its database on a throwaway PostgreSQL (tests/lsserver.py)."""
+_POOL: lsserver.ServerPool | None = None
+
+
+def _pool(config: pytest.Config) -> lsserver.ServerPool:
+    global _POOL
+    if _POOL is None:
+        root = config._tmp_path_factory.mktemp("label-studio-pool")  # type: ignore[attr-defined]
+        _POOL = lsserver.ServerPool(label_studio_venv(), root)
+    return _POOL
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Begin starting the PostgreSQL and oldest servers the selected tests need (tests/lsserver.py)."""
+    if not session.config.option.collectonly:
+        for kind in sorted(lsserver.kinds_needed(session.items) - {"sqlite"}):
+            _pool(session.config).begin(kind)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _POOL is not None:
+        _POOL.close()
+
+
+def _pooled(config: pytest.Config, kind: str, what: str) -> LocalLabelStudio:
     try:
-        pg = PostgresServer().start()
-        pg.create_database(lsserver.LS_DATABASE)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"could not start the PostgreSQL for Label Studio: {exc}", pytrace=False)
-    try:
-        server = _start(label_studio_venv(), tmp_path_factory.mktemp("label-studio-pg"),
-                        "Label Studio on PostgreSQL", extra_env=lsserver.postgres_env(pg))
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        pg.stop()
+        return _pool(config).get(kind)
+    except Exception as exc:  # noqa: BLE001 - any reason must fail the test, not skip it
+        pytest.fail(f"could not start {what}: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def label_studio_oldest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
-    """The oldest supported Label Studio (tests/lsserver.py) on SQLite."""
-    version = lsserver.OLDEST_LABEL_STUDIO_VERSION
-    server = _start(lsserver.oldest_venv(), tmp_path_factory.mktemp(f"label-studio-{version}"),
-                    f"Label Studio {version}", version=version)
-    try:
-        yield server
-    finally:
-        server.stop()
+def label_studio_postgresql(request: pytest.FixtureRequest) -> LocalLabelStudio:
+    """Label Studio 1.23.2 with its database on a throwaway PostgreSQL (tests/lsserver.py); stopped
+    at the end of the session."""
+    return _pooled(request.config, "postgresql", "Label Studio on PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def label_studio_oldest(request: pytest.FixtureRequest) -> LocalLabelStudio:
+    """The oldest supported Label Studio (tests/lsserver.py) on SQLite; stopped at the end of the session."""
+    return _pooled(request.config, "oldest", f"Label Studio {lsserver.OLDEST_LABEL_STUDIO_VERSION}")
 
 
 @pytest.fixture(scope="session")

@@ -13,26 +13,35 @@ Three kinds, each started at most once per session (tests/conftest.py):
 A module runs against more than the SQLite server by marking itself, e.g.
 ``pytestmark = [pytest.mark.integration, pytest.mark.label_studio_servers("sqlite", "postgresql")]``:
 its tests that use ``label_studio`` are then parametrized by kind (ids ``[sqlite]``,
-``[postgresql]``, ``[oldest]``; ``-k "not postgresql"`` leaves a kind's server unstarted).
+``[postgresql]``, ``[oldest]``; ``-k "not postgresql"`` leaves a kind's server unstarted). The
+PostgreSQL and oldest servers start in the background once collection shows they are needed
+(:class:`ServerPool`), so their migrations overlap the first tests.
 What differs between the kinds is in docs/label-studio-versions.md.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ls_space_sync.quickstart.localserver import OLDEST_LABEL_STUDIO_VERSION, LocalLabelStudio
+import pytest
+
+from ls_space_sync.quickstart.localserver import OLDEST_LABEL_STUDIO_VERSION, LocalLabelStudio, ensure_venv
 from tests.pg import PostgresServer
 
-__all__ = ["KINDS", "OLDEST_LABEL_STUDIO_VERSION", "OLDEST_VENV_ENV_VAR", "database_of", "oldest_venv",
-           "postgres_env", "reuses_task_ids"]
+__all__ = ["KINDS", "OLDEST_LABEL_STUDIO_VERSION", "OLDEST_VENV_ENV_VAR", "ServerPool", "database_of",
+           "kinds_needed", "oldest_venv", "postgres_env", "reuses_task_ids"]
 
 KINDS = ("sqlite", "postgresql", "oldest")
 OLDEST_VENV_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_OLDEST_VENV"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The database Label Studio's tables go in, created on the throwaway server.
 LS_DATABASE = "labelstudio"
+# Seconds a first start may take: 1.23.2's migrations on PostgreSQL took 120-150 s on this 2-core
+# machine under the other helpers' load (2026-12-01), and more than 240 s once (the default timeout).
+START_TIMEOUT = 900
 
 
 def oldest_venv() -> Path:
@@ -64,3 +73,81 @@ def reuses_task_ids(server: LocalLabelStudio) -> bool:
     Verified on both by tests/integration/test_ls_databases.py.
     """
     return database_of(server) == "sqlite"
+
+
+class ServerPool:
+    """Starts the ``postgresql`` and ``oldest`` servers, in the background when asked early.
+
+    A fresh server spends most of a minute or two in its migrations; started in a thread as soon as
+    the session knows it will need it (``begin``), that overlaps the tests that run first on the
+    SQLite server. ``get`` waits for it; ``close`` stops every server begun, claimed or not.
+
+    Args:
+        venv: the 1.23.2 virtual environment (the ``postgresql`` kind runs from it too).
+        root: where the servers' data directories go (one subdirectory per kind).
+    """
+
+    def __init__(self, venv: Path, root: Path) -> None:
+        self.venv = venv
+        self.root = root
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ls-start")
+        self._futures: dict[str, Future[tuple[LocalLabelStudio, PostgresServer | None]]] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, kind: str) -> None:
+        """Start the ``kind`` server in a thread unless it is started or starting already."""
+        with self._lock:
+            if kind not in self._futures:
+                self._futures[kind] = self._pool.submit(self._start, kind)
+
+    def get(self, kind: str) -> LocalLabelStudio:
+        """The running ``kind`` server (started now if ``begin`` was not called).
+
+        Raises:
+            Exception: whatever kept it from starting (RuntimeError with the server log, mostly).
+        """
+        self.begin(kind)
+        return self._futures[kind].result()[0]
+
+    def _start(self, kind: str) -> tuple[LocalLabelStudio, PostgresServer | None]:
+        data_dir = self.root / kind
+        if kind == "oldest":
+            venv = oldest_venv()
+            ensure_venv(venv, version=OLDEST_LABEL_STUDIO_VERSION)
+            return LocalLabelStudio(data_dir, venv=venv).start(timeout=START_TIMEOUT), None
+        if kind != "postgresql":
+            raise ValueError(f"ServerPool starts the postgresql and oldest kinds, not {kind!r}")
+        ensure_venv(self.venv)
+        pg = PostgresServer().start()
+        try:
+            pg.create_database(LS_DATABASE)
+            server = LocalLabelStudio(data_dir, venv=self.venv, extra_env=postgres_env(pg))
+            return server.start(timeout=START_TIMEOUT), pg
+        except BaseException:
+            pg.stop()
+            raise
+
+    def close(self) -> None:
+        """Stop every server begun (waiting for one still starting) and its PostgreSQL."""
+        for future in self._futures.values():
+            try:
+                server, pg = future.result()
+            except Exception:  # noqa: BLE001, S112 - it never started: nothing to stop
+                continue
+            try:
+                server.stop()
+            finally:
+                if pg is not None:
+                    pg.stop()
+        self._futures.clear()
+        self._pool.shutdown(wait=True)
+
+
+def kinds_needed(items: list[pytest.Item]) -> set[str]:
+    """The server kinds the collected ``items`` are parametrized with (``label_studio`` param)."""
+    kinds = set()
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "label_studio" in callspec.params:
+            kinds.add(callspec.params["label_studio"])
+    return kinds
