@@ -9,11 +9,13 @@ Three kinds, each started at most once per session (tests/conftest.py):
 - ``oldest``: the oldest release the README supports (:data:`OLDEST_LABEL_STUDIO_VERSION`), on
   SQLite, from its own venv (``$LS_SPACE_SYNC_TEST_LS_OLDEST_VENV``, else
   ``<repo>/.ci-cache/label-studio-<version>-venv``; installed by ``ensure_venv`` if missing).
+  ``$LS_SPACE_SYNC_TEST_LS_OLDEST_VERSION`` runs another release as this kind, to try it.
 
 A module runs against more than the SQLite server by marking itself, e.g.
 ``pytestmark = [pytest.mark.integration, pytest.mark.label_studio_servers("sqlite", "postgresql")]``:
 its tests that use ``label_studio`` are then parametrized by kind (ids ``[sqlite]``,
-``[postgresql]``, ``[oldest]``; ``-k "not postgresql"`` leaves a kind's server unstarted). The
+``[postgresql]``, ``[oldest]``; ``-k "not postgresql"`` leaves a kind's server unstarted, and
+``LS_SPACE_SYNC_TEST_LS_KINDS=sqlite,postgresql`` leaves the other kinds out altogether). The
 PostgreSQL and oldest servers start in the background once collection shows they are needed
 (:class:`ServerPool`), so their migrations overlap the first tests.
 What differs between the kinds is in docs/label-studio-versions.md.
@@ -32,10 +34,27 @@ from ls_space_sync.quickstart.localserver import OLDEST_LABEL_STUDIO_VERSION, Lo
 from tests.pg import PostgresServer
 
 __all__ = ["KINDS", "OLDEST_LABEL_STUDIO_VERSION", "OLDEST_VENV_ENV_VAR", "ServerPool", "database_of",
-           "kinds_needed", "oldest_venv", "postgres_env", "reuses_task_ids"]
+           "enabled_kinds", "kinds_needed", "oldest_venv", "oldest_version", "postgres_env", "reuses_task_ids"]
 
 KINDS = ("sqlite", "postgresql", "oldest")
 OLDEST_VENV_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_OLDEST_VENV"
+OLDEST_VERSION_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_OLDEST_VERSION"
+KINDS_ENV_VAR = "LS_SPACE_SYNC_TEST_LS_KINDS"
+
+
+def enabled_kinds() -> tuple[str, ...]:
+    """The kinds marked modules run against: ``$LS_SPACE_SYNC_TEST_LS_KINDS`` (comma-separated,
+    e.g. ``sqlite`` for a quick local run), else all of :data:`KINDS`.
+
+    Raises:
+        ValueError: the variable names a kind that does not exist.
+    """
+    raw = os.environ.get(KINDS_ENV_VAR, "").strip()
+    kinds = tuple(k.strip() for k in raw.split(",") if k.strip()) if raw else KINDS
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"{KINDS_ENV_VAR}: unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+    return kinds
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The database Label Studio's tables go in, created on the throwaway server.
 LS_DATABASE = "labelstudio"
@@ -44,9 +63,15 @@ LS_DATABASE = "labelstudio"
 START_TIMEOUT = 900
 
 
+def oldest_version() -> str:
+    """The release the ``oldest`` kind runs: :data:`OLDEST_LABEL_STUDIO_VERSION`, or
+    ``$LS_SPACE_SYNC_TEST_LS_OLDEST_VERSION`` to try another one (e.g. ``1.20.0``)."""
+    return os.environ.get(OLDEST_VERSION_ENV_VAR) or OLDEST_LABEL_STUDIO_VERSION
+
+
 def oldest_venv() -> Path:
-    """The virtual environment of the oldest supported Label Studio (see the module docstring)."""
-    default = REPO_ROOT / ".ci-cache" / f"label-studio-{OLDEST_LABEL_STUDIO_VERSION}-venv"
+    """The virtual environment of the ``oldest`` kind (see the module docstring)."""
+    default = REPO_ROOT / ".ci-cache" / f"label-studio-{oldest_version()}-venv"
     return Path(os.environ.get(OLDEST_VENV_ENV_VAR) or default)
 
 
@@ -113,7 +138,7 @@ class ServerPool:
         data_dir = self.root / kind
         if kind == "oldest":
             venv = oldest_venv()
-            ensure_venv(venv, version=OLDEST_LABEL_STUDIO_VERSION)
+            ensure_venv(venv, version=oldest_version())
             return LocalLabelStudio(data_dir, venv=venv).start(timeout=START_TIMEOUT), None
         if kind != "postgresql":
             raise ValueError(f"ServerPool starts the postgresql and oldest kinds, not {kind!r}")
