@@ -45,7 +45,7 @@ def label_studio_venv() -> Path:
 def _start(venv: Path, data_dir: Path, what: str) -> LocalLabelStudio:
     try:
         ensure_venv(venv)
-        return LocalLabelStudio(data_dir, venv=venv).start()
+        return LocalLabelStudio(data_dir, venv=venv).start(timeout=lsserver.START_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any reason must fail the test, not skip it
         pytest.fail(f"could not start {what} from {venv}: {exc}", pytrace=False)
 

@@ -59,7 +59,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The database Label Studio's tables go in, created on the throwaway server.
 LS_DATABASE = "labelstudio"
 # Seconds a first start may take: 1.23.2's migrations on PostgreSQL took 120-150 s on this 2-core
-# machine under the other helpers' load (2026-12-01), and more than 240 s once (the default timeout).
+# machine under the other helpers' load (2026-12-01), and more than 240 s (the default timeout)
+# once; so did the SQLite server's while two others migrated next to it.
 START_TIMEOUT = 900
 
 
@@ -115,7 +116,8 @@ class ServerPool:
     def __init__(self, venv: Path, root: Path) -> None:
         self.venv = venv
         self.root = root
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ls-start")
+        # One at a time: on 2 cores, the SQLite server's migrations and one more are plenty.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-start")
         self._futures: dict[str, Future[tuple[LocalLabelStudio, PostgresServer | None]]] = {}
         self._lock = threading.Lock()
 
