@@ -37,9 +37,12 @@ import httpx
 
 from ls_space_sync.settings import environment
 
-__all__ = ["LABEL_STUDIO_VERSION", "LocalLabelStudio", "ensure_venv", "free_port"]
+__all__ = ["LABEL_STUDIO_VERSION", "OLDEST_LABEL_STUDIO_VERSION", "LocalLabelStudio", "ensure_venv", "free_port"]
 
 LABEL_STUDIO_VERSION = "1.23.2"
+# The oldest release the README supports: the first whose own pinned SDK is 2.x (label-studio-sdk
+# 2.0.4); the tests run pull sync and push against it (docs/label-studio-versions.md).
+OLDEST_LABEL_STUDIO_VERSION = "1.21.0"
 
 _CREDENTIALS_FILE = "lsss-credentials.json"
 _SERVER_LOG = "server.log"

@@ -21,7 +21,7 @@ from ls_space_sync.store.dataset import ProjectStore
 from ls_space_sync.pull.run import Syncer
 from tests.integration.test_service import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.label_studio_servers("sqlite", "postgresql")]
 
 # The default task keys (labelstudio.CORE_TASK_FIELDS names the nested annotation keys too).
 TASK_FIELDS = "core"

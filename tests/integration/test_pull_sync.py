@@ -20,8 +20,9 @@ from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS
 from ls_space_sync.model.records import VOLATILE_KEYS, table_to_tasks
 from ls_space_sync.settings import load_settings
 from ls_space_sync.pull.run import Syncer
+from tests.lsserver import reuses_task_ids
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.label_studio_servers("sqlite", "postgresql", "oldest")]
 
 TEXT_CONFIG = """<View>
   <Text name="text" value="$text"/>
@@ -150,17 +151,17 @@ def test_reused_id_and_bulk_predictions(label_studio, ls_client, new_project, ma
     syncer.run_once(pid)
     old = stored_tasks(syncer, pid)[ids[-1]]
 
-    # Delete the newest task; on SQLite the next import gets the same id for a different task.
+    # Delete the newest task; on SQLite the next import gets the same id for a different task,
+    # on PostgreSQL a new one (a sequence).
     ls_client.tasks.delete(id=ids[-1])
     new_ids = import_text_tasks(ls_client, pid, 1, start=100)
-    reused = new_ids[0] == ids[-1]
     result = syncer.run_once(pid)
     server = assert_store_equals_server(syncer, label_studio, pid)
-    if reused:
-        assert server[ids[-1]]["created_at"] != old["created_at"]
-        assert (result.inserted, result.updated, result.deleted) == (1, 0, 1)  # a replace, not an update
-    else:  # PostgreSQL-backed servers do not reuse ids
-        assert (result.inserted, result.deleted) == (1, 1)
+    assert (result.inserted, result.updated, result.deleted) == (1, 0, 1)  # a replace, not an update
+    if reuses_task_ids(label_studio):
+        assert new_ids[0] == ids[-1] and server[ids[-1]]["created_at"] != old["created_at"]
+    else:
+        assert new_ids[0] > ids[-1] and ids[-1] not in server
 
     # Bulk import_predictions does not move updated_at: only the full scan sees the counters move.
     ls_client.projects.import_predictions(id=pid, request=[

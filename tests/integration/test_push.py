@@ -18,7 +18,7 @@ from ls_space_sync.settings import load_settings
 from ls_space_sync.store.state import SKIPPED
 from ls_space_sync.pull.run import Syncer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.label_studio_servers("sqlite", "postgresql", "oldest")]
 
 # The default task keys (labelstudio.CORE_TASK_FIELDS names the nested annotation keys too).
 TASK_FIELDS = "core"
