@@ -24,14 +24,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from common import LABEL_CONFIG, BenchEnv, Row, log, main_for, median, server_shaped_tasks, timer
+from store import DELETES, INSERTS, PROJECT, UPDATES, _props, _reader
+
 from ls_space_sync.model.records import data_keys, schema_for, tasks_to_table
 from ls_space_sync.settings import load_settings
 from ls_space_sync.store import compaction as maintenance
 from ls_space_sync.store.dataset import ProjectStore
-from store import DELETES, INSERTS, PROJECT, UPDATES, _props, _reader
-
 from tests.objectstore import SeaweedS3  # the tests' throwaway server (common put the repository on sys.path)
-
 
 
 def measure(store: ProjectStore, n: int, runs: int, over: int | None) -> dict[str, Any]:

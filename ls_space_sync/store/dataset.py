@@ -235,6 +235,25 @@ def _session(root: StoreRoot) -> LanceFileSession:
     return LanceFileSession(root.uri, storage_options=root.storage_options)
 
 
+# One Lance session per object-store root and process: it keeps the object store's client and the
+# manifests read, so opening a dataset again costs about half (measured on SeaweedFS on loopback:
+# 25 ms instead of 52 ms). Bounded: a daemon opens datasets for days.
+_lance_sessions: dict[str, lance.Session] = {}
+_lance_sessions_guard = threading.Lock()
+SESSION_METADATA_CACHE_BYTES = 64 << 20
+SESSION_INDEX_CACHE_BYTES = 16 << 20
+
+
+def _lance_session(root: Path | StoreRoot) -> lance.Session | None:
+    if not isinstance(root, StoreRoot):
+        return None  # a local folder: Lance's own per-open default, as always
+    with _lance_sessions_guard:
+        if root.uri not in _lance_sessions:
+            _lance_sessions[root.uri] = lance.Session(index_cache_size_bytes=SESSION_INDEX_CACHE_BYTES,
+                                                      metadata_cache_size_bytes=SESSION_METADATA_CACHE_BYTES)
+        return _lance_sessions[root.uri]
+
+
 class ProjectStore:
     """One project's Lance dataset at ``<root>/project-<id>.lance``.
 
@@ -281,7 +300,8 @@ class ProjectStore:
         return self._exists
 
     def _open(self, version: int | str | None = None) -> lance.LanceDataset:
-        return lance.dataset(self.uri, version=version, storage_options=self.storage_options)
+        return lance.dataset(self.uri, version=version, storage_options=self.storage_options,
+                             session=_lance_session(self.root))
 
     def dataset(
         self, version: int | str | None = None, *, as_of: datetime | str | None = None
@@ -380,7 +400,8 @@ class ProjectStore:
         if not any(stats.values()):
             return None
         txn = dataclasses.replace(txn, transaction_properties=props)
-        new = lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, storage_options=self.storage_options)
+        # The opened dataset as the base: its object store and session (the URI's options are its own).
+        new = lance.LanceDataset.commit(ds, txn, read_version=ds.version, storage_options=self.storage_options)
         return new.version, stats
 
     def properties(self, version: int) -> dict[str, str]:
