@@ -226,6 +226,8 @@ def test_media_status_lists_missing_urls_with_their_reason(tmp_path, env):
     assert [(f["url"], f["reason"]) for f in view["failed"]] == [(f"{CDN}/missing.png", "HTTP 404 from cdn.test")]
     text = runner.invoke(main, ["--data-dir", str(tmp_path), "media", "status", "-p", str(pid)])
     assert "3 of 4 URLs stored" in text.output and "missing.png" in text.output
+    bare = runner.invoke(main, ["--data-dir", str(tmp_path), "media", "--json"])
+    assert json.loads(bare.output) == [view]
 
 
 def test_compaction_and_tag_pruning_keep_the_bytes_of_kept_tags(tmp_path, env):
