@@ -126,7 +126,7 @@ class MediaRun:
         def flush() -> pa.RecordBatch:
             batch = self.media.blob_batch(group, self.run_id)
             for f in group:
-                f.path.unlink(missing_ok=True)
+                f.discard()
             group.clear()
             return batch
 
@@ -141,7 +141,7 @@ class MediaRun:
                 if isinstance(outcome, Fetched):
                     result.fetched += 1
                     if outcome.sha256 in known:
-                        outcome.path.unlink(missing_ok=True)
+                        outcome.discard()
                         continue
                     known.add(outcome.sha256)
                     group.append(outcome)
