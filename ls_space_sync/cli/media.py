@@ -9,9 +9,17 @@ import click
 from ls_space_sync.cli.options import echo_json, json_option, project_option
 
 
-@click.group("media")
-def media_group() -> None:
-    """The media files tasks reference, stored with each version: `media status` lists what is missing."""
+@click.group("media", invoke_without_command=True)
+@project_option(multiple=True, help="Project id (repeatable; default: every project with media).")
+@json_option
+@click.pass_context
+def media_group(ctx: click.Context, project: tuple[int, ...], as_json: bool) -> None:
+    """The media files tasks reference, stored with each version: `media status` lists what is missing.
+
+    Without a subcommand: the same as `media status`.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(status_command, project=project, as_json=as_json)
 
 
 @media_group.command("status")

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import mimetypes
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -36,15 +38,30 @@ from label_studio_sdk.core.api_error import ApiError
 from ls_space_sync.labelstudio.client import LabelStudioClient, LabelStudioError
 
 CHUNK_BYTES = 1 << 20
+# A file up to this size stays in memory (at most ``4 * media.concurrency`` of them are in flight);
+# a larger one is streamed to the staging disk.
+SPOOL_BYTES = 1 << 20
 CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
 
 
 @dataclass(frozen=True)
 class Fetched:
-    """A file downloaded to ``path`` (local staging disk): ``size`` bytes, sha256 hex digest, MIME type."""
+    """A downloaded file, in memory (``data``) or on the staging disk (``path``): ``size`` bytes,
+    sha256 hex digest, MIME type."""
+
+    def read(self) -> bytes:
+        """The file's bytes."""
+        return self.data if self.data is not None else self.path.read_bytes()  # type: ignore[union-attr]
+
+    def discard(self) -> None:
+        """Remove the staging file, if any."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
 
     url: str
-    path: Path
+    path: Path | None  # on the staging disk (a file over SPOOL_BYTES), else None and the bytes are in ``data``
+    data: bytes | None
     sha256: str
     size: int
     mime: str
@@ -65,7 +82,7 @@ class TooLarge(Exception):
     """The file is larger than ``media.max_bytes`` (never retried)."""
 
 
-def image_size(path: Path, mime: str) -> tuple[int | None, int | None]:
+def image_size(path: Path | BinaryIO, mime: str) -> tuple[int | None, int | None]:
     """``(width, height)`` in pixels of an image file (Pillow reads only its header), else ``(None, None)``."""
     if not mime.startswith("image/"):
         return None, None
@@ -120,14 +137,14 @@ def download(client: LabelStudioClient, url: str, task_id: int, dest: Path, *, m
         target, with_token = resolve(url, task_id, client.url)
     except ValueError as exc:
         return Failed(url, f"not a URL: {exc}")
-    dest.mkdir(parents=True, exist_ok=True)
 
     def once() -> Fetched:
         headers = auth_headers(client) if with_token else {}
-        fd, name = tempfile.mkstemp(dir=dest, suffix=".part")
-        path = Path(name)
+        buffer = bytearray()
+        path: Path | None = None
+        out: Any = None
         try:
-            with os.fdopen(fd, "wb") as out, client._http.stream("GET", target, headers=headers) as resp:  # noqa: SLF001
+            with client._http.stream("GET", target, headers=headers) as resp:  # noqa: SLF001
                 if resp.status_code >= 400:
                     resp.read()
                     raise ApiError(status_code=resp.status_code, body=resp.text[:200])
@@ -140,15 +157,31 @@ def download(client: LabelStudioClient, url: str, task_id: int, dest: Path, *, m
                     if size > max_bytes:
                         raise TooLarge(f"more than {max_bytes} bytes")
                     digest.update(chunk)
-                    out.write(chunk)
+                    if out is None and size > SPOOL_BYTES:  # a large file goes to the staging disk
+                        dest.mkdir(parents=True, exist_ok=True)
+                        fd, name = tempfile.mkstemp(dir=dest, suffix=".part")
+                        path, out = Path(name), os.fdopen(fd, "wb")
+                        out.write(buffer)
+                        buffer = bytearray()
+                    if out is None:
+                        buffer += chunk
+                    else:
+                        out.write(chunk)
                 mime = resp.headers.get("content-type", "").split(";")[0].strip()
+            if out is not None:
+                out.close()
         except BaseException:
-            path.unlink(missing_ok=True)
+            if out is not None:
+                out.close()
+            if path is not None:
+                path.unlink(missing_ok=True)
             raise
         if not mime or mime in ("application/octet-stream", "binary/octet-stream"):
             mime = mimetypes.guess_type(urlsplit(url).path)[0] or mime or "application/octet-stream"
-        width, height = image_size(path, mime)
-        return Fetched(url=url, path=path, sha256=digest.hexdigest(), size=size, mime=mime, width=width, height=height)
+        data = None if path is not None else bytes(buffer)
+        width, height = image_size(path if path is not None else io.BytesIO(data or b""), mime)
+        return Fetched(url=url, path=path, data=data, sha256=digest.hexdigest(), size=size, mime=mime,
+                       width=width, height=height)
 
     try:
         return client.call(f"media file {_short(url)} of task {task_id}", once)

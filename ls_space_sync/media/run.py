@@ -10,6 +10,7 @@ again (cheaper, but a file replaced under the same URL keeps its old bytes).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import shutil
@@ -126,7 +127,7 @@ class MediaRun:
         def flush() -> pa.RecordBatch:
             batch = self.media.blob_batch(group, self.run_id)
             for f in group:
-                f.path.unlink(missing_ok=True)
+                f.discard()
             group.clear()
             return batch
 
@@ -137,11 +138,13 @@ class MediaRun:
             fill()
             for future in done:
                 task_id, outcome = future.result()
-                outcomes.append((task_id, outcome))
+                # Outcomes are kept for the refs commit: without the bytes, or memory would grow with the run.
+                outcomes.append((task_id, dataclasses.replace(outcome, data=None) if isinstance(outcome, Fetched)
+                                 else outcome))
                 if isinstance(outcome, Fetched):
                     result.fetched += 1
                     if outcome.sha256 in known:
-                        outcome.path.unlink(missing_ok=True)
+                        outcome.discard()
                         continue
                     known.add(outcome.sha256)
                     group.append(outcome)

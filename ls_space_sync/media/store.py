@@ -123,12 +123,12 @@ class MediaStore:
 
     @staticmethod
     def blob_batch(files: list[Fetched], run_id: str) -> pa.RecordBatch:
-        """Rows of :data:`BLOB_SCHEMA` for downloaded files (their bytes read from the staging disk)."""
+        """Rows of :data:`BLOB_SCHEMA` for downloaded files."""
         return pa.record_batch([
             pa.array([f.sha256 for f in files]), pa.array([f.size for f in files], pa.int64()),
             pa.array([f.mime for f in files]), pa.array([f.width for f in files], pa.int32()),
             pa.array([f.height for f in files], pa.int32()), pa.array([f.url for f in files]),
-            pa.array([run_id] * len(files)), pa.array([f.path.read_bytes() for f in files], pa.large_binary()),
+            pa.array([run_id] * len(files)), pa.array([f.read() for f in files], pa.large_binary()),
         ], schema=BLOB_SCHEMA)
 
     def append_blobs(self, batches: Iterator[pa.RecordBatch], run_id: str) -> int:

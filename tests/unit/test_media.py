@@ -226,6 +226,8 @@ def test_media_status_lists_missing_urls_with_their_reason(tmp_path, env):
     assert [(f["url"], f["reason"]) for f in view["failed"]] == [(f"{CDN}/missing.png", "HTTP 404 from cdn.test")]
     text = runner.invoke(main, ["--data-dir", str(tmp_path), "media", "status", "-p", str(pid)])
     assert "3 of 4 URLs stored" in text.output and "missing.png" in text.output
+    bare = runner.invoke(main, ["--data-dir", str(tmp_path), "media", "--json"])
+    assert json.loads(bare.output) == [view]
 
 
 def test_compaction_and_tag_pruning_keep_the_bytes_of_kept_tags(tmp_path, env):
@@ -254,3 +256,19 @@ def test_compaction_and_tag_pruning_keep_the_bytes_of_kept_tags(tmp_path, env):
     # The latest version is compaction's own (untagged): it reads the newest tag's media.
     latest = MediaReader(store, store.dataset())
     assert latest.refs_ref == "run-000003" and len(latest.mapping) == 3  # missing.png is still missing
+
+
+def test_files_over_the_spool_size_go_through_the_staging_disk(tmp_path, env, monkeypatch):
+    from ls_space_sync.media import fetch
+
+    monkeypatch.setattr(fetch, "SPOOL_BYTES", 40)
+    monkeypatch.setattr(fetch, "CHUNK_BYTES", 16)
+    fake, files = env
+    pid = image_project(fake, files)
+    syncer = syncer_for(tmp_path)
+    syncer.run_once(pid)
+    media = MediaStore(syncer.store(pid))
+    mapping = media.mapping("run-000001")
+    assert media.read_bytes([mapping[f"{CDN}/blue.png"]]) == {mapping[f"{CDN}/blue.png"]: png("blue", (10, 4))}
+    assert len(png("blue", (10, 4))) > 40
+    assert not list((tmp_path / "datasets" / ".staging").glob("media-*"))
