@@ -15,9 +15,9 @@ transform fingerprint, and the source now at ``V``:
    not one of the run ids present at the old one, and deleted when its id is gone. Two columns of
    each version are read (``id, run_id``); this holds however many versions apart they are.
 3. The changed tasks' rows are read from the new version (a Lance filter on ``id``), transformed,
-   and committed as one view version: a ``merge_insert`` on the primary key that also deletes the
-   view rows of the changed tasks the new rows do not cover (``when_not_matched_by_source_delete``),
-   as :meth:`ls_space_sync.store.dataset.ProjectStore.commit` writes a run.
+   and committed as one view version: one Lance ``Update`` transaction that deletes the changed
+   tasks' old view rows (deletion vectors on the fragments that hold them) and adds the new rows
+   as new fragments (:func:`_replace_tasks`).
 4. The view version is tagged with the source version's tags.
 
 A full rebuild (the transform over the whole source version, written as an overwrite: a new
@@ -32,7 +32,6 @@ with the error), and the next refresh starts again from the view's last version.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -43,6 +42,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import lance
 import pyarrow as pa
 import pyarrow.compute as pc
+from lance.fragment import write_fragments
 
 from ls_space_sync.settings import Settings, ViewSettings
 from ls_space_sync.store.dataset import PROP_PREFIX, ProjectStore
@@ -333,14 +333,46 @@ def _incremental(source: ProjectStore, store: ViewStore, view: ViewSettings, tra
                                  f"(task_id {bad}); a view's rows must derive from their own task's row")
     _check_unique(rows, transform)
     changed = sorted(set(upserts) | set(deletes))
-    builder = ds.merge_insert(list(transform.primary_key)).when_matched_update_all().when_not_matched_insert_all()
-    if changed:
-        builder = builder.when_not_matched_by_source_delete(
-            f"task_id IN ({', '.join(str(int(i)) for i in changed)})")
-    txn, stats = builder.execute_uncommitted(rows)
-    txn = dataclasses.replace(txn, transaction_properties=_props(transform, target, "incremental", run_id))
+    props = _props(transform, target, "incremental", run_id)
+    return _replace_tasks(store, ds, changed, rows, props)
+
+
+def _replace_tasks(store: ViewStore, ds: lance.LanceDataset, changed: list[int], rows: pa.Table,
+                   props: dict[str, str]) -> tuple[int, dict[str, int]]:
+    """Delete the view rows of tasks ``changed`` and add ``rows``, as one view version.
+
+    One Lance ``Update`` transaction: the fragments holding rows of those tasks get deletion
+    vectors (or are removed when all their rows go), and ``rows`` are written as new fragments.
+    A ``merge_insert`` with ``when_not_matched_by_source_delete`` does the same in one version but
+    joins the whole view on the primary key: ~0.3 s on a 200,000-row view for 10 changed tasks,
+    where this reads the ``task_id`` column once (bench/views.py).
+    """
+    predicate = f"task_id IN ({', '.join(str(int(i)) for i in changed)})" if changed else None
+    removed: list[int] = []
+    updated = []
+    deleted = 0
+    if predicate:
+        for fragment in ds.get_fragments():
+            hit = fragment.count_rows(predicate)
+            if not hit:
+                continue
+            deleted += hit
+            if hit == fragment.count_rows():
+                removed.append(fragment.fragment_id)
+            else:
+                kept = fragment.delete(predicate)
+                if kept is None:
+                    removed.append(fragment.fragment_id)
+                else:
+                    updated.append(kept)
+    new_fragments = []
+    if rows.num_rows:
+        new_fragments = write_fragments(rows, store.uri, schema=ds.schema, storage_options=store.storage_options)
+    op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
+                                     new_fragments=new_fragments)
+    txn = lance.Transaction(read_version=ds.version, operation=op, transaction_properties=props)
     new = lance.LanceDataset.commit(store.uri, txn, read_version=ds.version, storage_options=store.storage_options)
-    return new.version, {k: int(v) for k, v in stats.items()}
+    return new.version, {"num_inserted_rows": rows.num_rows, "num_updated_rows": 0, "num_deleted_rows": deleted}
 
 
 def _conform(rows: pa.Table, schema: pa.Schema, transform: Transform) -> pa.Table:
