@@ -97,8 +97,9 @@ class ViewRefresh:
     ``status`` is ``succeeded`` (view versions were committed or tagged), ``skipped`` (already
     current) or ``failed`` (``error`` says why; the view is at its previous version).
     ``versions`` are the view versions committed, ``source_version`` the source version the view
-    now reflects; ``tasks`` the tasks recomputed (all of them in a full rebuild), ``inserted``/
-    ``updated``/``deleted`` view rows; ``seconds`` wall time.
+    now reflects; ``tasks`` the tasks recomputed (all of them in a full rebuild); ``inserted`` the
+    view rows written and ``deleted`` those removed (a recomputed row counts in both; ``updated``
+    stays 0); ``seconds`` wall time.
     """
 
     view: str
