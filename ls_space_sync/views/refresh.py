@@ -15,9 +15,9 @@ transform fingerprint, and the source now at ``V``:
    not one of the run ids present at the old one, and deleted when its id is gone. Two columns of
    each version are read (``id, run_id``); this holds however many versions apart they are.
 3. The changed tasks' rows are read from the new version (a Lance filter on ``id``), transformed,
-   and committed as one view version: a ``merge_insert`` on the primary key that also deletes the
-   view rows of the changed tasks the new rows do not cover (``when_not_matched_by_source_delete``),
-   as :meth:`ls_space_sync.store.dataset.ProjectStore.commit` writes a run.
+   and committed as one view version: one Lance ``Update`` transaction that deletes the changed
+   tasks' old view rows (deletion vectors on the fragments that hold them) and adds the new rows
+   as new fragments (:func:`ls_space_sync.views.write.replace_tasks`).
 4. The view version is tagged with the source version's tags.
 
 A full rebuild (the transform over the whole source version, written as an overwrite: a new
@@ -32,24 +32,21 @@ with the error), and the next refresh starts again from the view's last version.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import lance
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from ls_space_sync.settings import Settings, StoreRoot, ViewSettings
-from ls_space_sync.store.dataset import PROP_PREFIX, ProjectStore
+from ls_space_sync.store.dataset import ProjectStore
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED, StateDB
-from ls_space_sync.views import transforms
+from ls_space_sync.views import transforms, write
 from ls_space_sync.views.store import ViewLocked, ViewStore, view_lock
-from ls_space_sync.views.transforms import Transform, TransformError
+from ls_space_sync.views.transforms import Transform
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +55,6 @@ FULL_SHARE = 0.25
 #: How long a sync run's refresh waits for the previous run's refresh of the same view (seconds):
 #: the daemon's runs of a project can follow each other faster than a heavy view refreshes.
 HOOK_WAIT_SECONDS = 60.0
-# Ids per Lance filter when reading changed rows (``id IN (...)``).
-_ID_CHUNK = 5000
 
 
 class Workspace(Protocol):
@@ -97,8 +92,9 @@ class ViewRefresh:
     ``status`` is ``succeeded`` (view versions were committed or tagged), ``skipped`` (already
     current) or ``failed`` (``error`` says why; the view is at its previous version).
     ``versions`` are the view versions committed, ``source_version`` the source version the view
-    now reflects; ``tasks`` the tasks recomputed (all of them in a full rebuild), ``inserted``/
-    ``updated``/``deleted`` view rows; ``seconds`` wall time.
+    now reflects; ``tasks`` the tasks recomputed (all of them in a full rebuild); ``inserted`` the
+    view rows written and ``deleted`` those removed (a recomputed row counts in both; ``updated``
+    stays 0); ``seconds`` wall time.
     """
 
     view: str
@@ -253,17 +249,17 @@ def _do_steps(source: ProjectStore, store: ViewStore, view: ViewSettings, transf
               full: bool, run_id: str, result: ViewRefresh) -> None:
     for i, target in enumerate(steps):
         if full and i == 0:
-            version, tasks, inserted = _full(source, store, view, transform, target, run_id)
+            version, tasks, inserted = write.full(source, store, view, transform, target, run_id)
             result.full, result.tasks, result.inserted = True, result.tasks + tasks, result.inserted + inserted
         else:
             prev = int(store.state()["source_version"])
             upserts, deletes = changed_tasks(source.dataset(prev), source.dataset(target))
             total = source.dataset(target).count_rows()
             if len(upserts) + len(deletes) > FULL_SHARE * max(total, 1):
-                version, tasks, inserted = _full(source, store, view, transform, target, run_id)
+                version, tasks, inserted = write.full(source, store, view, transform, target, run_id)
                 result.full, result.tasks, result.inserted = True, result.tasks + tasks, result.inserted + inserted
             else:
-                version, stats = _incremental(source, store, view, transform, target, upserts, deletes, run_id)
+                version, stats = write.incremental(source, store, view, transform, target, upserts, deletes, run_id)
                 result.tasks += len(set(upserts) | set(deletes))
                 result.inserted += stats.get("num_inserted_rows", 0)
                 result.updated += stats.get("num_updated_rows", 0)
@@ -294,171 +290,6 @@ def changed_tasks(old: lance.LanceDataset, new: lance.LanceDataset) -> tuple[lis
     gone = pc.invert(pc.is_in(before.column("id"), value_set=after.column("id").combine_chunks()))
     deletes = pc.filter(before.column("id"), gone).to_pylist()
     return sorted(upserts), sorted(deletes)
-
-
-def _props(transform: Transform, source_version: int, mode: str, run_id: str) -> dict[str, str]:
-    props = {"source_version": str(source_version), "fingerprint": transform.fingerprint, "mode": mode,
-             "run_id": run_id, "transform": transform.label, "primary_key": json.dumps(list(transform.primary_key))}
-    return {PROP_PREFIX + k: v for k, v in props.items()}
-
-
-def _id_filter(ids: Sequence[int]) -> str:
-    return f"id IN ({', '.join(str(int(i)) for i in ids)})"
-
-
-def _rows_of(ds: lance.LanceDataset, ids: Sequence[int]) -> pa.Table:
-    if not ids:
-        return ds.schema.empty_table()
-    parts = [ds.to_table(filter=_id_filter(ids[i:i + _ID_CHUNK])) for i in range(0, len(ids), _ID_CHUNK)]
-    return pa.concat_tables(parts)
-
-
-def _incremental(source: ProjectStore, store: ViewStore, view: ViewSettings, transform: Transform, target: int,
-                 upserts: list[int], deletes: list[int], run_id: str) -> tuple[int, dict[str, int]]:
-    """Recompute the view rows of the changed tasks at ``target`` and commit them as one view version."""
-    ds = store.dataset()
-    src = source.dataset(target)
-    if view.executor == "ray":
-        from ls_space_sync.views import ray_executor
-
-        rows = ray_executor.apply_ids(transform, src, upserts, storage_options=source.storage_options)
-    else:
-        rows = transform.apply(_rows_of(src, upserts))
-    rows = _conform(rows, ds.schema, transform)
-    if rows.num_rows:
-        stray = pc.invert(pc.is_in(rows.column("task_id"), value_set=pa.array(upserts, pa.int64())))
-        if pc.any(stray).as_py():
-            bad = sorted(set(pc.filter(rows.column("task_id"), stray).to_pylist()))[:5]
-            raise TransformError(f"the transform {transform.label} returned rows for tasks it was not given "
-                                 f"(task_id {bad}); a view's rows must derive from their own task's row")
-    _check_unique(rows, transform)
-    changed = sorted(set(upserts) | set(deletes))
-    builder = ds.merge_insert(list(transform.primary_key)).when_matched_update_all().when_not_matched_insert_all()
-    if changed:
-        builder = builder.when_not_matched_by_source_delete(
-            f"task_id IN ({', '.join(str(int(i)) for i in changed)})")
-    txn, stats = builder.execute_uncommitted(rows)
-    txn = dataclasses.replace(txn, transaction_properties=_props(transform, target, "incremental", run_id))
-    new = lance.LanceDataset.commit(store.uri, txn, read_version=ds.version, storage_options=store.storage_options)
-    return new.version, {k: int(v) for k, v in stats.items()}
-
-
-def _conform(rows: pa.Table, schema: pa.Schema, transform: Transform) -> pa.Table:
-    """``rows`` in the view's schema (column order and types).
-
-    Raises:
-        TransformError: other columns, or types that do not cast.
-    """
-    if sorted(rows.column_names) != sorted(schema.names):
-        raise TransformError(
-            f"the transform {transform.label} returned columns {rows.column_names}, but the view has {schema.names}; "
-            "a transform whose output changes must change its code or SQL (which rebuilds the view)")
-    try:
-        return rows.select(schema.names).cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-        raise TransformError(f"the transform {transform.label} returned rows that do not fit the view's schema: "
-                             f"{exc}") from None
-
-
-def _check_unique(rows: pa.Table, transform: Transform) -> None:
-    if rows.num_rows == 0:
-        return
-    key = list(transform.primary_key)
-    counts = rows.group_by(key).aggregate([([], "count_all")])
-    dup = pc.filter(counts, pc.greater(counts.column("count_all"), 1))
-    if dup.num_rows:
-        example = {k: dup.column(k)[0].as_py() for k in key}
-        raise TransformError(f"the transform {transform.label} returned {dup.num_rows} primary keys more than once "
-                             f"(e.g. {example}); make primary_key {key} unique per view row")
-
-
-class _UniqueKeys:
-    """Checks a stream of view rows for repeated primary keys (a full rebuild)."""
-
-    def __init__(self, transform: Transform):
-        self.transform = transform
-        self.seen: set[tuple[Any, ...]] = set()
-
-    def check(self, rows: pa.Table) -> None:
-        _check_unique(rows, self.transform)
-        cols = [rows.column(k).to_pylist() for k in self.transform.primary_key]
-        keys = list(zip(*cols))
-        before = len(self.seen)
-        self.seen.update(keys)
-        if len(self.seen) != before + len(keys):
-            raise TransformError(f"the transform {self.transform.label} returned a primary key more than once; "
-                                 f"make primary_key {list(self.transform.primary_key)} unique per view row")
-
-
-def _full(source: ProjectStore, store: ViewStore, view: ViewSettings, transform: Transform, target: int,
-          run_id: str) -> tuple[int, int, int]:
-    """Write ``transform(source@target)`` as a new view version (an overwrite; older versions stay).
-
-    Returns:
-        ``(view version, tasks, view rows)``.
-    """
-    src = source.dataset(target)
-    con = None
-    if view.executor == "ray":
-        from ls_space_sync.views import ray_executor
-
-        tables: Iterator[pa.Table] = ray_executor.apply_all(transform, src, storage_options=source.storage_options)
-    elif transform.kind == "sql":
-        con, reader = transforms.sql_reader(transform.text, src)
-        tables = (pa.Table.from_batches([b]) for b in reader)
-    else:
-        batches = src.to_batches(batch_size=transforms.BATCH_ROWS)
-        tables = _at_least_one(transform, transform.apply_batches(iter(batches)), src.schema)
-    try:
-        first = next(iter(tables), None)
-        if first is None:  # a Ray dataset without blocks: the transform of no rows gives the schema
-            first = transform.apply(src.schema.empty_table())
-        first = transform.check(first)
-        schema = first.schema
-        keys = _UniqueKeys(transform)
-        counted = {"rows": 0}
-        failed: list[BaseException] = []
-
-        def stream() -> Iterator[pa.RecordBatch]:
-            try:
-                for table in _chain(first, tables):
-                    table = _conform(transform.check(table), schema, transform)
-                    keys.check(table)
-                    counted["rows"] += table.num_rows
-                    yield from table.to_batches()
-            except Exception as exc:
-                failed.append(exc)  # Lance re-raises it as its own error type: keep the original
-                raise
-
-        reader = pa.RecordBatchReader.from_batches(schema, stream())
-        mode = "overwrite" if store.exists() else "create"
-        try:
-            ds = lance.write_dataset(reader, store.uri, schema=schema, mode=mode,
-                                     transaction_properties=_props(transform, target, "full", run_id),
-                                     storage_options=store.storage_options)
-        except Exception:
-            if failed:
-                raise failed[0] from None
-            raise
-    finally:
-        if con is not None:
-            con.close()
-    return ds.version, src.count_rows(), counted["rows"]
-
-
-def _chain(first: pa.Table, rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    yield first
-    yield from rest
-
-
-def _at_least_one(transform: Transform, tables: Iterator[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:
-    """The transform's tables, or its output for no rows if the source yields no batch."""
-    any_batch = False
-    for table in tables:
-        any_batch = True
-        yield table
-    if not any_batch:
-        yield transform.apply(schema.empty_table())
 
 
 def _error_text(exc: BaseException) -> str:
