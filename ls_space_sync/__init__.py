@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "open_dataset", "read_tasks", "connect", "sql", "version_diff", "export_version",
     "to_hf_dataset", "torch_iterable", "compact", "project_store", "task_history", "config_history",
+    "open_view", "to_ray", "to_polars",
 ]
 
 
