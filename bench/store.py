@@ -40,6 +40,9 @@ from ls_space_sync.store.dataset import ProjectStore
 
 UPDATES, INSERTS, DELETES = 20, 5, 2
 PROJECT = 1
+# Issue 15: every tag kept, history may cost up to 4x the table (the floor at 25 changed rows in 1,000
+# runs on 20,000 tasks is about 2.35x).
+DISK_TARGET = 4.0
 
 
 def disk_breakdown(path: Any) -> dict[str, int]:
@@ -167,9 +170,9 @@ def run(env: BenchEnv) -> list[Row]:
         Row("store", f"tag time, runs {runs - 9}-{runs} vs runs 1-10 (median)", median(tag_s[-10:]) * 1000,
             median(tag_s[:10]) * 1000, "ms", None),
         Row("store", f"disk, {runs + 1} versions all tagged vs the table alone{variant}", tagged_bytes / 1e6,
-            table_bytes / 1e6, "MB", 2.5),
+            table_bytes / 1e6, "MB", DISK_TARGET),
         Row("store", "disk after compaction, all tags kept, vs the table alone", compacted_bytes / 1e6,
-            table_bytes / 1e6, "MB", 2.5),
+            table_bytes / 1e6, "MB", DISK_TARGET),
         Row("store", f"  mean commit time of all {runs} runs (merges included) vs runs 1-10",
             sum(commit_s) / len(commit_s) * 1000, first * 1000, "ms", None),
     ] + ([Row("store", f"  slowest of the {len(merges)} merges vs a commit of runs 1-10",
