@@ -451,7 +451,7 @@ def label_studio(env: BenchEnv) -> Iterator[LocalLabelStudio]:
     log(f"starting Label Studio from {venv} (data {env.work / 'label-studio'})")
     server = LocalLabelStudio(env.work / "label-studio", venv=venv)
     with timer() as t:
-        server.start()
+        server.start(timeout=900)  # 15 minutes: a machine shared by several test runs starts it slowly
     log(f"Label Studio up at {server.url} in {t['s']:.0f} s")
     env.server = server
     try:

@@ -20,7 +20,6 @@ Everything runs on this machine: one Label Studio (the shared bottleneck), the d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import subprocess
@@ -28,14 +27,14 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import yaml
-from common import BenchEnv, Row, load_project, log, ls_venv, main_for  # type: ignore[import-not-found]
+from common import BenchEnv, Row, label_studio, load_project, log, main_for  # type: ignore[import-not-found]
 
 from ls_space_sync.pull.run import Syncer
-from ls_space_sync.quickstart.localserver import LocalLabelStudio, ensure_venv, free_port
+from ls_space_sync.quickstart.localserver import free_port
 from ls_space_sync.service.daemon import MAX_WORKERS
 from ls_space_sync.settings import load_settings
 from ls_space_sync.store.state import StateDB, utcnow
@@ -215,22 +214,6 @@ def first_syncs(env: BenchEnv, projects: list[int]) -> tuple[float, float]:
         proc.stop()
     log(f"first sync of {len(projects)} projects: serial {serial:.1f} s, daemon ({MAX_WORKERS} workers) {parallel:.1f} s")
     return serial, parallel
-
-
-@contextlib.contextmanager
-def label_studio(env: BenchEnv) -> Iterator[LocalLabelStudio]:
-    """``common.label_studio`` with a 15-minute start-up allowance (a machine shared by six test runs)."""
-    venv = ls_venv(env.args)
-    ensure_venv(venv, log=log)
-    server = LocalLabelStudio(env.work / "label-studio", venv=venv)
-    server.start(timeout=900)
-    log(f"Label Studio up at {server.url}")
-    env.server = server
-    try:
-        yield server
-    finally:
-        server.stop()
-        env.server = None
 
 
 def run(env: BenchEnv) -> list[Row]:
