@@ -79,7 +79,9 @@ def daemon_config(env: BenchEnv, folder: Path, projects: list[int], state_url: s
         "projects": projects, "data_dir": str(folder), "store_root": str(store), "log_format": "json",
         "sync": {"interval_seconds": 86400, "lag_seconds": 0},
         "server": {"port": port, "webhook_secret": SECRET, "debounce_seconds": 0},
-        "scheduler": {"jitter_seconds": 0, "shutdown_timeout_seconds": 120},
+        # Runs queued behind MAX_WORKERS longer than the grace are dropped as missed (APScheduler checks
+        # at start): ten first syncs of minutes each would lose six of them with the 60 s default.
+        "scheduler": {"jitter_seconds": 0, "shutdown_timeout_seconds": 120, "misfire_grace_seconds": 3600},
         "compaction": {"interval_seconds": None}, "cluster": {"lease_seconds": 10},
     }
     if state_url:

@@ -166,8 +166,9 @@ class Daemon:
         self._beat_thread: threading.Thread | None = None
         self.metrics = Metrics(self._last_successes, self._share if self.clustered else None)
         self.metrics.set_webhooks_enabled(settings.server.webhook_secret is not None)
+        self._job_store = make_job_store(settings, self.state)
         self.scheduler = BackgroundScheduler(
-            jobstores={"default": make_job_store(settings, self.state)},
+            jobstores={"default": self._job_store},
             executors={"default": ThreadPoolExecutor(MAX_WORKERS)},
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": int(settings.scheduler.misfire_grace_seconds)},
@@ -227,6 +228,10 @@ class Daemon:
         still = sorted(busy - {DISCOVER})
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+            if type(self._job_store).__name__ == "RedisJobStore":
+                # The scheduler's thread can open a connection after the store's shutdown closed the
+                # pool (it was checking due jobs); it has exited now, so this closes what is left.
+                self._job_store.shutdown()
         if _active is self:
             _active = None
         if still:
