@@ -20,7 +20,8 @@ from ls_space_sync.read.overview import age
 from tests.fakes import KEY, URL
 
 # Commands that print no table: a summary line per project, a file, a stream, a script.
-NO_TABLE = {"sync", "read", "export", "push", "restore", "mirror", "run", "webhooks", "completion"}
+NO_TABLE = {"sync", "read", "export", "push", "restore", "mirror", "run", "webhooks", "completion",
+            "views read"}  # prints the view's rows as JSON lines, like `read`
 
 
 @pytest.fixture
@@ -96,8 +97,15 @@ def test_every_command_that_prints_a_table_has_json():
             continue
         command = main.get_command(ctx, name)
         assert command is not None
-        if "--json" not in {opt for p in command.params for opt in getattr(p, "opts", [])}:
-            missing.append(name)
+        # A group's subcommands are what print (`views list`); a group that runs alone (`media`) too.
+        leaves = [(f"{name} {sub}", command.get_command(ctx, sub)) for sub in command.list_commands(ctx)] \
+            if isinstance(command, click.Group) else []
+        if not isinstance(command, click.Group) or command.invoke_without_command:
+            leaves.append((name, command))
+        for full, leaf in leaves:
+            assert leaf is not None
+            if full not in NO_TABLE and "--json" not in {opt for p in leaf.params for opt in getattr(p, "opts", [])}:
+                missing.append(full)
     assert missing == []
 
 
