@@ -19,11 +19,13 @@ from ls_space_sync.cli.options import pick_version, version_options
 @click.option("--title", help="Title of the project --new-project creates.")
 @click.option("--delete", is_flag=True, help="Delete target tasks whose source rows were deleted.")
 @click.option("--full", is_flag=True, help="Compare every pushed task with the server, not only changed rows.")
+@click.option("--media", "media", type=click.Choice(["keep", "reupload"]), default="keep", show_default=True,
+              help="reupload: upload the stored bytes of media the server no longer serves, and push the new URLs.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.pass_obj
 def push_command(ctx: Any, project: int, tag: str | None, version: int | None, as_of: str | None, ids: str | None,
                  where: str | None, to_project: int | None, new_project: bool, title: str | None, delete: bool,
-                 full: bool, progress: bool | None) -> None:
+                 full: bool, media: str, progress: bool | None) -> None:
     """Push a stored version's rows into a Label Studio project as tasks.
 
     Sends only rows that changed since the last push to the same project; changed tasks are
@@ -49,7 +51,7 @@ def push_command(ctx: Any, project: int, tag: str | None, version: int | None, a
     try:
         result = push(ctx.syncer, project, target_project=to_project, version=which.get("version"),
                       as_of=which.get("as_of"), ids=id_list, where=where, delete=delete, full=full, title=title,
-                      progress=show)
+                      progress=show, media=media)
     except PushError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(result.summary())

@@ -590,6 +590,40 @@ class LabelStudioClient:
             raise LabelStudioError(f"project {project_id}: the import returned {len(ids)} task ids for {len(tasks)} tasks")
         return ids
 
+    def upload_file(self, project_id: int, name: str, data: bytes, mime: str) -> str:
+        """Store a file on the server without creating a task; return its ``/data/upload/...`` URL.
+
+        Label Studio 1.23.2 (``data_import/api.py``): ``POST /api/projects/{id}/import`` with a
+        multipart file and ``commit_to_project=false`` stores the file (a ``FileUpload`` of the
+        project, served at ``/data/upload/<project>/<8 hex>-<name>``) and creates no task; its
+        answer names the upload's id, read back with ``GET /api/import/file-upload/{id}``.
+        Retried like a read: a retry after the server stored the file leaves one more unused file,
+        never a task.
+
+        Raises:
+            LabelStudioError: the server refused the file (e.g. an extension it does not accept).
+        """
+        def once() -> str:
+            headers = ({"Authorization": f"Token {self._api_key}"} if self._legacy_token else
+                       {k: v for k, v in self.sdk._client_wrapper.get_headers().items() if k.lower() == "authorization"})
+            resp = self._http.post(f"{self.url}/api/projects/{int(project_id)}/import",
+                                   params={"commit_to_project": "false"}, files={"file": (name, data, mime)},
+                                   headers=headers)
+            if resp.status_code >= 400:
+                raise ApiError(status_code=resp.status_code, body=resp.text[:300])
+            try:
+                upload_ids = json.loads(resp.content).get("file_upload_ids") or []
+            except (ValueError, AttributeError):
+                raise _BadBody(f"{len(resp.content)} bytes, not an import answer", "POST", "api/projects/import") from None
+            if len(upload_ids) != 1:
+                raise _BadBody(f"{len(upload_ids)} file_upload_ids for one file", "POST", "api/projects/import")
+            body, _ = self._send_json(f"api/import/file-upload/{int(upload_ids[0])}", _object_with_id)
+            if not isinstance(body.get("file"), str):
+                raise _BadBody("no file name in the file upload", "GET", "api/import/file-upload")
+            return "/data/" + body["file"].lstrip("/")
+
+        return self.call(f"the upload of {name} into project {project_id}", once)
+
     def update_task(self, task_id: int, body: dict[str, Any]) -> None:
         """PATCH a task (``data``, ``meta``)."""
         self._raw(f"task {task_id}", f"api/tasks/{int(task_id)}/", method="PATCH", json_body=body)

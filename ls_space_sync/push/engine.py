@@ -168,6 +168,8 @@ class PushResult:
     conflicts: int = 0  # both sides changed since the last push; the source won
     reused: int = 0  # linked target ids that now hold another task (Label Studio reused the id): left alone
     authors_dropped: int = 0  # annotations whose completed_by is not a user of the server
+    media_uploaded: int = 0  # files re-uploaded (``media="reupload"``), each sha256 once
+    media_rewritten: int = 0  # task media values pointed at a re-uploaded file
     new_project: bool = False
     requests: int = 0
     seconds: float = 0.0
@@ -182,7 +184,8 @@ class PushResult:
         extra = [f"{n} {what}" for n, what in ((self.unchanged, "unchanged"), (self.resumed, "resumed"),
                  (self.conflicts, "conflicts (source won)"),
                  (self.reused, "target ids reused by another task (left alone)"),
-                 (self.authors_dropped, "authors not on server"))
+                 (self.authors_dropped, "authors not on server"),
+                 (self.media_uploaded, "media files re-uploaded"))
                  if n]
         new = " (new project)" if self.new_project else ""
         return (f"push project {self.source_project} v{self.version} -> project {self.target_project}{new}: "
@@ -208,6 +211,7 @@ def push(
     title: str | None = None,
     progress: bool = False,
     trigger: str = "manual",
+    media: str = "keep",
 ) -> PushResult:
     """Push a stored version of ``source_project`` into a Label Studio project.
 
@@ -226,6 +230,10 @@ def push(
         title: title of a created project.
         progress: show a progress bar on stderr.
         trigger: recorded with the run (``manual``, ``mirror``).
+        media: ``keep`` (default): task data as stored. ``reupload``: a media URL the target server
+            no longer serves (a GET not answering 2xx) whose bytes the version stored is uploaded
+            again (each sha256 once) and the task pushed with the new ``/data/upload/...`` URL
+            (:mod:`ls_space_sync.media.upload`, docs/media.md).
 
     Returns:
         The push's counts; ``status`` is ``succeeded`` or ``skipped`` (nothing moved).
@@ -239,6 +247,8 @@ def push(
     if target_project == source_project:
         raise PushError(f"a push into its own project {source_project} would add every task again; "
                         f"use `ls-space-sync restore -p {source_project}` to bring it back to a version")
+    if media not in ("keep", "reupload"):
+        raise PushError(f"media={media!r}: use 'keep' or 'reupload'")
     store = syncer.store(source_project)
     ds = store.dataset(version, as_of=as_of)
     filters = [f"({where})"] if where else []
@@ -255,6 +265,10 @@ def push(
         job.target_config = config
         log.info("created project %s for the push of project %s v%s", target_project, source_project, ds.version)
     job.target = int(target_project)
+    if media == "reupload":
+        from ls_space_sync.media.upload import MediaReupload
+
+        job.media = MediaReupload(syncer.client, store, ds, job.target)
     with writer_lock(syncer.settings, syncer.state, job.target, lock_root=local_dir(syncer.root) / ".push", scope=PUSH):
         scan = _recover(syncer.state, source_project, job.target)
         run = syncer.state.start_run(source_project, kind="push", trigger=trigger)
@@ -278,6 +292,8 @@ def push(
                                     inserted=job.result.created, updated=job.result.updated, deleted=job.result.deleted)
             raise
         r = job.result
+        if job.media is not None:
+            r.media_uploaded, r.media_rewritten = job.media.uploaded, job.media.rewritten
         r.requests, r.seconds = syncer.client.requests - before, time.monotonic() - started
         r.status = SUCCEEDED if r.moved else SKIPPED
         syncer.state.finish_run(run.run_id, r.status, inserted=r.created, updated=r.updated, deleted=r.deleted,
@@ -318,6 +334,7 @@ class _Push:
         self.target = 0
         self.target_config: str | None = None
         self.users: set[int] | None = None
+        self.media: Any = None  # a MediaReupload with media="reupload"
         self.links: dict[int, list[_Link]] = {}
         self.result: PushResult
 
@@ -499,17 +516,23 @@ class _Push:
                         assert link is not None  # plan() linked every changed row
                         to_update.append((task, stamp, link))
                     if len(to_import) >= self.chunk:
-                        bar.update(self.import_chunk(to_import))
+                        bar.update(self.import_chunk(self.with_media(to_import)))
                         to_import = []
                     if len(to_update) >= self.chunk:
-                        bar.update(self.update_chunk(to_update))
+                        bar.update(self.update_chunk(self.with_media(to_update)))
                         to_update = []
             if to_update:
-                bar.update(self.update_chunk(to_update))
+                bar.update(self.update_chunk(self.with_media(to_update)))
             if to_import:
-                bar.update(self.import_chunk(to_import))
+                bar.update(self.import_chunk(self.with_media(to_import)))
         finally:
             bar.close()
+
+    def with_media(self, items: list[Any]) -> list[Any]:
+        """With ``media="reupload"``, point the tasks' gone media at re-uploaded copies (in place)."""
+        if self.media is not None:
+            self.media.rewrite([item[0] for item in items])
+        return items
 
     def import_chunk(self, items: list[tuple[dict[str, Any], Any]], replacing: list[_Link] | None = None) -> int:
         """Import tasks in one request and write their links at once (before anything else); then
