@@ -74,6 +74,21 @@ def daemon_id() -> str:
     return _ids[pid]
 
 
+def _dead_here(owner: str) -> bool:
+    """Whether a :func:`daemon_id` names a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or owner == daemon_id():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def store_is_local(settings: Settings) -> bool:
     """Whether the store root is a local folder (a path, or a ``file://`` URI)."""
     return is_local(settings.resolved_store_root)
@@ -141,9 +156,26 @@ class Lease:
                 with self.state.engine.begin() as conn:
                     conn.execute(insert(ProjectLease).values(scope=self.scope, project_id=self.project_id, **values))
             except IntegrityError:
-                raise self._refusal() from None
+                if not self._take_from_dead_local_holder(values):
+                    raise self._refusal() from None
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.scope}-{self.project_id}", daemon=True)
         self._thread.start()
+
+    def _take_from_dead_local_holder(self, values: dict[str, Any]) -> bool:
+        """Take the lease of a holder that ran on this host and whose process is gone (killed, OOM):
+        what the kernel does for a file lock, so a crashed run on this host never blocks the next
+        one for a lease period. A holder on another host is only ever taken over after it expires."""
+        with self.state.Session() as s:
+            row = s.scalars(select(ProjectLease).where(self._where())).first()
+        if row is None or not _dead_here(row.owner):
+            return False
+        with self.state.engine.begin() as conn:
+            taken = conn.execute(update(ProjectLease).where(self._where(), ProjectLease.token == row.token)
+                                 .values(**values)).rowcount
+        if taken:
+            log.warning("project %s: took over the %s lease of %s, a process on this host that is gone",
+                        self.project_id, self.scope, row.owner)
+        return bool(taken)
 
     def _refusal(self) -> ProjectLocked:
         with self.state.Session() as s:

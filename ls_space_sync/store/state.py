@@ -40,7 +40,6 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     create_engine,
-    event,
     func,
     select,
     text,
@@ -301,18 +300,6 @@ def upgrade_schema(engine: Engine) -> bool:
     return upgraded
 
 
-def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    """SQLite in write-ahead-log mode with ``synchronous=NORMAL``: a commit costs 0.02 ms instead of
-    18.8 ms, a run's bookkeeping 22-40 ms instead of 63-95 ms (2026-12-01, commit 22aa0c8). A commit
-    still survives a crash of the process; one lost to a power cut is what run recovery already
-    covers (the version carries its run_id and signpost). Leaves ``-wal``/``-shm`` files beside the
-    database; the database must be on a local disk (as SQLite advises for any writer)."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
 def _where(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
@@ -334,8 +321,6 @@ class StateDB:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         self.engine: Engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_wal)
         try:
             upgrade_schema(self.engine)
         except BaseException:

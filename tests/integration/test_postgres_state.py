@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, inspect, text
 from ls_space_sync.service.daemon import Daemon
 from ls_space_sync.settings import load_settings
 from ls_space_sync.store.state import FAILED, SKIPPED, SUCCEEDED
-from ls_space_sync.store.dataset import project_lock
+from ls_space_sync.store.leases import writer_lock
 from ls_space_sync.pull.run import Syncer
 from tests.pg import PostgresServer
 
@@ -101,7 +101,9 @@ def test_a_second_process_is_refused_by_the_lock_and_records_nothing(tmp_path, l
                                    "projects": [project], "data_dir": str(tmp_path / "data"), "state_url": pg_url}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "LS_SPACE_SYNC_"))}
     exe = Path(sys.executable).parent / "ls-space-sync"
-    with project_lock(settings.resolved_store_root, project):
+    # With a PostgreSQL state the one-writer lock is a lease in the state database (store/leases.py),
+    # so another host's writer is refused too, not only one on this host.
+    with writer_lock(settings, None, project):
         out = subprocess.run([str(exe), "-c", str(cfg), "sync", "--no-progress"], env=env, capture_output=True,
                              text=True, timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr

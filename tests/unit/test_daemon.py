@@ -114,6 +114,7 @@ def test_job_store_choices(tmp_path, monkeypatch):
     assert isinstance(make_job_store(make_settings(tmp_path), state), MemoryJobStore)
     assert isinstance(make_job_store(make_settings(tmp_path, scheduler={"job_store": "sql"}), state), SQLAlchemyJobStore)
     monkeypatch.setitem(sys.modules, "redis", None)  # as on a machine without the optional package
+    monkeypatch.setitem(sys.modules, "apscheduler.jobstores.redis", None)  # imported by an earlier test
     with pytest.raises(ConfigError, match="pip install redis"):
         make_job_store(make_settings(tmp_path, scheduler={"job_store": "redis://:pw@localhost:6379/2"}), state)
     with pytest.raises(ConfigError, match="memory, sql or a redis"):
