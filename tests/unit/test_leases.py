@@ -226,3 +226,28 @@ def test_a_daemon_schedules_its_share_and_takes_the_rest_when_the_other_leaves(t
         assert {m["daemon_id"] for m in app.get("/health").json()["cluster"]["members"]} == {daemon.daemon_id}
     finally:
         daemon.stop(timeout=5)
+
+
+def test_a_lease_of_a_process_of_this_host_that_is_gone_is_taken_over_at_once(tmp_path, state_url, state):
+    """A killed holder on this host (no release, lease unexpired) does not block the next writer."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    gone = int(dead.stdout)  # a pid that has exited
+    settings = settings_for(tmp_path, state_url, lease_seconds=600)
+    Lease(state, "project", 11, 600, owner=f"{socket.gethostname()}:{gone}:abcdef").acquire()
+    with writer_lock(settings, state, 11):
+        assert held_leases(state)[11].owner == leases.daemon_id()
+    # A live holder of this host (this process under another id) and one of another host are refused.
+    for owner in (f"{socket.gethostname()}:{__import__('os').getpid()}:fedcba", f"elsewhere:{gone}:abcdef"):
+        holder = Lease(state, "project", 12, 600, owner=owner)
+        holder.acquire()
+        try:
+            with pytest.raises(ProjectLocked, match="being synced by another process"):
+                with writer_lock(settings, state, 12):
+                    pass
+        finally:
+            holder.release()
