@@ -52,6 +52,11 @@ class Context:
             from ls_space_sync.pull.run import Syncer
 
             self._syncer = Syncer(self.settings)
+            # Its HTTP connections and state pool close when the command ends (a CLI run inside a
+            # longer process, such as click's test runner, would otherwise leave sockets open).
+            running = click.get_current_context(silent=True)
+            if running is not None:
+                running.find_root().call_on_close(self._syncer.close)
         return self._syncer
 
     def store(self, project_id: int) -> ProjectStore:
