@@ -12,6 +12,7 @@ A Python transform must be importable on the workers (same ``PYTHONPATH``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import lance
@@ -95,15 +96,8 @@ def apply_ids(transform: Transform, ds: lance.LanceDataset, ids: Sequence[int],
     if not ids:
         return transform.apply(ds.schema.empty_table())
     data = _read(ds, f"id IN ({', '.join(str(int(i)) for i in ids)})", storage_options)
-    try:
+    with _worker_errors(transform):
         tables = list(_batches(data.map_batches(_Apply(transform), batch_format="pyarrow", batch_size=BATCH_ROWS)))
-    except TransformError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's error
-        inner = _unwrap(exc)
-        if isinstance(inner, TransformError):
-            raise TransformError(str(inner)) from None
-        raise TransformError(f"the transform {transform.label} failed on Ray: {type(inner).__name__}: {inner}") from None
     tables = [t for t in tables if t.num_columns]
     if not tables:
         return transform.apply(ds.schema.empty_table())
@@ -119,10 +113,17 @@ def apply_all(transform: Transform, ds: lance.LanceDataset,
     """
     data = _read(ds, None, storage_options).map_batches(_Apply(transform), batch_format="pyarrow",
                                                          batch_size=BATCH_ROWS)
-    try:
+    with _worker_errors(transform):
         for table in _batches(data):
             if table.num_columns:
                 yield table
+
+
+@contextmanager
+def _worker_errors(transform: Transform) -> Iterator[None]:
+    """Turn what Ray raises for a failed worker into the transform's :class:`TransformError`."""
+    try:
+        yield
     except TransformError:
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's error
