@@ -305,6 +305,14 @@ class LabelStudioClient:
         return LabelStudioError(
             f"Label Studio refused the request for {what} (HTTP {status}): {_body_text(exc.body)}", status)
 
+    def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header this client sends: ``Token <key>`` for a legacy token, else
+        the SDK's bearer access token (a personal access token exchanged at ``/api/token/refresh/``).
+        For requests made outside the API calls (media files, uploads); never log it."""
+        if self._legacy_token:
+            return {"Authorization": f"Token {self._api_key}"}
+        return {k: v for k, v in self.sdk._client_wrapper.get_headers().items() if k.lower() == "authorization"}
+
     def _send(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None, json_body: Any = None,
               content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
         """One request through the SDK's HTTP client (its auth, base URL); an HTTP error raises ApiError."""
@@ -604,8 +612,7 @@ class LabelStudioClient:
             LabelStudioError: the server refused the file (e.g. an extension it does not accept).
         """
         def once() -> str:
-            headers = ({"Authorization": f"Token {self._api_key}"} if self._legacy_token else
-                       {k: v for k, v in self.sdk._client_wrapper.get_headers().items() if k.lower() == "authorization"})
+            headers = self.auth_headers()
             resp = self._http.post(f"{self.url}/api/projects/{int(project_id)}/import",
                                    params={"commit_to_project": "false"}, files={"file": (name, data, mime)},
                                    headers=headers)

@@ -112,13 +112,6 @@ def resolve(url: str, task_id: int, base_url: str) -> tuple[str, bool]:
     return url, same
 
 
-def auth_headers(client: LabelStudioClient) -> dict[str, str]:
-    """The ``Authorization`` header the client sends (a legacy token, or the SDK's access token)."""
-    if client._legacy_token:  # noqa: SLF001 - the client's own choice of token kind
-        return {"Authorization": f"Token {client._api_key}"}  # noqa: SLF001
-    return {k: v for k, v in client.sdk._client_wrapper.get_headers().items() if k.lower() == "authorization"}  # noqa: SLF001
-
-
 def download(client: LabelStudioClient, url: str, task_id: int, dest: Path, *, max_bytes: int) -> Fetched | Failed:
     """Stream one media file into a new file under ``dest``; never raises for a failed URL.
 
@@ -139,7 +132,7 @@ def download(client: LabelStudioClient, url: str, task_id: int, dest: Path, *, m
         return Failed(url, f"not a URL: {exc}")
 
     def once() -> Fetched:
-        headers = auth_headers(client) if with_token else {}
+        headers = client.auth_headers() if with_token else {}
         buffer = bytearray()
         path: Path | None = None
         out: Any = None

@@ -24,7 +24,7 @@ import httpx
 import lance
 
 from ls_space_sync.labelstudio.client import LabelStudioClient, LabelStudioError
-from ls_space_sync.media.fetch import CLOUD_SCHEMES, auth_headers, resolve
+from ls_space_sync.media.fetch import CLOUD_SCHEMES, resolve
 from ls_space_sync.media.read import MediaReader
 from ls_space_sync.store.dataset import ProjectStore
 
@@ -44,7 +44,7 @@ def served(client: LabelStudioClient, url: str) -> bool:
         return False
 
     def once() -> int:
-        headers = auth_headers(client) if with_token else {}
+        headers = client.auth_headers() if with_token else {}
         with client._http.stream("GET", target, headers=headers) as resp:  # noqa: SLF001 - the client's connections
             return resp.status_code
 
