@@ -153,6 +153,9 @@ class Daemon:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._running: dict[str, int] = {}  # job key -> project id, while a run is going
+        # project id -> what to schedule once this daemon's running jobs of the project end: a
+        # requested run that found the project locked by one of them (see :meth:`_after_running`).
+        self._follow_ups: dict[int, Callable[[], Any]] = {}
         self._stopping = False
         # Several daemons (see the module docstring): this daemon's membership, the live members
         # at the last beat, and the URL the others forward webhooks to (set by ``serve``).
@@ -461,6 +464,27 @@ class Daemon:
             with self._idle:
                 self._running.pop(key, None)
                 self._idle.notify_all()
+                follow_up = None
+                if project_id not in self._running.values():
+                    follow_up = self._follow_ups.pop(project_id, None)
+                stopping = self._stopping
+            if follow_up is not None and not stopping:
+                follow_up()
+
+    def _after_running(self, project_id: int, own_key: str, follow_up: Callable[[], Any]) -> bool:
+        """Call ``follow_up`` once the other running jobs of the project in this daemon end.
+
+        Returns ``False`` (nothing registered) if no other job of this daemon runs the project: the
+        lock is held elsewhere (another process, another daemon's lease) or was just released, and
+        the caller retries on a timer instead. A requested run that meets this daemon's own poll
+        thus runs right after it rather than ``LOCKED_RETRY_SECONDS`` later, where, on a busy
+        machine, the next poll may hold the lock again.
+        """
+        with self._lock:
+            if not any(pid == project_id and key != own_key for key, pid in self._running.items()):
+                return False
+            self._follow_ups[project_id] = follow_up
+            return True
 
     def sync_job(self, project_id: int, trigger: str) -> RunResult | None:
         """Run ``run_once`` for a scheduled or requested sync, and never raise.
@@ -485,9 +509,13 @@ class Daemon:
             if trigger != "schedule" or self.membership is not None:
                 # The running sync may have started before the change this request is about; with
                 # several daemons, a poll refused by the lease of a daemon that just died (or of the
-                # project's former holder) tries again soon rather than an interval later.
-                self._one_off(_sync, [project_id, trigger], f"webhook-{project_id}",
-                              f"sync project {project_id} ({trigger}, retry)", LOCKED_RETRY_SECONDS)
+                # project's former holder) tries again soon rather than an interval later. If the
+                # lock is this daemon's own running job, the retry runs as soon as that job ends.
+                def retry(delay: float) -> datetime:
+                    return self._one_off(_sync, [project_id, trigger], f"webhook-{project_id}",
+                                         f"sync project {project_id} ({trigger}, retry)", delay)
+                if not self._after_running(project_id, f"{trigger}-{project_id}", lambda: retry(0.0)):
+                    retry(LOCKED_RETRY_SECONDS)
             return None
         except (LabelStudioError, StoreError, ValueError) as exc:
             self._failed(project_id, trigger, status, str(exc))

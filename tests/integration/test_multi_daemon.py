@@ -125,8 +125,12 @@ def test_three_daemons_share_the_projects_and_survive_a_kill(tmp_path, label_stu
                             headers={"X-LS-Space-Sync-Secret": SECRET}, timeout=10, trust_env=False)
         assert answer.status_code == 202 and answer.json()["daemon"] == ids[1], answer.text
         assert answer.json()["status"] == "scheduled"
-        wait_for(lambda: any(r[0] == theirs and r[3] == "webhook" for r in runs_table(pg_url)), 30,
-                 "the forwarded webhook's run")
+        try:
+            wait_for(lambda: any(r[0] == theirs and r[3] == "webhook" for r in runs_table(pg_url)), 60,
+                     "the forwarded webhook's run")
+        except AssertionError as exc:  # what the holder did meanwhile
+            lines = [line for line in daemons[1].log().splitlines() if f'"project": {theirs}}}' in line]
+            raise AssertionError(f"{exc}; daemon 1's log of project {theirs}:\n" + "\n".join(lines[-30:])) from None
 
         # Kill daemon 2 (no goodbye: its membership row and any lease it held stay until they expire).
         victim = ids[2]

@@ -196,6 +196,18 @@ def test_a_locked_project_is_not_a_failure(tmp_path, fake, daemons):
     assert sample(d, "ls_space_sync_runs_total", project=1, trigger="webhook", status="locked") == 1
 
 
+def test_a_requested_run_locked_by_this_daemons_own_poll_runs_right_after_it(tmp_path, fake, daemons):
+    d = daemons(make_settings(tmp_path))
+    with d._slot("schedule-1", 1), project_lock(d.syncer.root, 1):  # this daemon's poll of project 1 is running
+        assert d.sync_job(1, "webhook") is None
+        assert d.scheduler.get_job("webhook-1") is None  # nothing on a timer: it waits for the poll
+    job = d.scheduler.get_job("webhook-1")  # the poll ended: the retry is due now, not 5 s later
+    assert job is not None and (job.next_run_time - utcnow()).total_seconds() <= 0.5
+    assert list(job.args) == [1, "webhook"]
+    assert d.sync_job(1, "webhook") is not None
+    assert d.state.last_run(1).trigger == "webhook"
+
+
 def test_request_sync_is_debounced_and_only_for_synced_projects(tmp_path, fake, daemons):
     d = daemons(make_settings(tmp_path, server={"debounce_seconds": 3}))
     first = d.request_sync(1)
