@@ -21,7 +21,9 @@ import base64
 import contextvars
 import json
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -168,6 +170,22 @@ class ProjectInfo:
     server_time: datetime  # the response's Date header, UTC (1 s resolution)
 
 
+class RequestCount:
+    """The requests made inside one :meth:`LabelStudioClient.counting` block: ``n``.
+
+    Counted in the block's context (a :mod:`contextvars` context), so threads that run in a copy of
+    it (the read-ahead of pages, the project read, media downloads) count for it, and the runs of
+    other projects sharing the client (the daemon's worker threads) do not.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+_counters: contextvars.ContextVar[tuple[RequestCount, ...]] = contextvars.ContextVar("ls_space_sync_request_counts",
+                                                                                    default=())
+
+
 class LabelStudioClient:
     """A Label Studio server, through the official SDK.
 
@@ -192,6 +210,7 @@ class LabelStudioClient:
     ):
         self.url = url.rstrip("/")
         self.requests = 0
+        self._count_lock = threading.Lock()
         self._retries = retries
         self._max_wait = max_wait
         self._api_key = api_key
@@ -231,7 +250,25 @@ class LabelStudioClient:
         return cls(url, key, timeout=ls.timeout_seconds, retries=ls.retries, max_wait=ls.retry_max_wait_seconds)
 
     def _count(self, request: httpx.Request) -> None:
-        self.requests += 1
+        with self._count_lock:
+            self.requests += 1
+            for counter in _counters.get():
+                counter.n += 1
+
+    @contextmanager
+    def counting(self) -> Iterator[RequestCount]:
+        """Count the requests made in this block (and in threads running a copy of its context).
+
+        :attr:`requests` counts every request of the client since it was made; a run's own count,
+        recorded in ``sync_runs.requests``, comes from this block, so runs of several projects at
+        once on one client (the daemon) each count only their own.
+        """
+        counter = RequestCount()
+        token = _counters.set((*_counters.get(), counter))
+        try:
+            yield counter
+        finally:
+            _counters.reset(token)
 
     def close(self) -> None:
         """Close the HTTP connections."""

@@ -10,6 +10,7 @@ again (cheaper, but a file replaced under the same URL keeps its old bytes).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import itertools
 import logging
@@ -122,7 +123,7 @@ class MediaRun:
 
         def fill() -> None:
             for url, task_id in itertools.islice(queue, 4 * self.settings.concurrency - len(running)):
-                running.add(pool.submit(self._one, url, task_id))
+                running.add(pool.submit(contextvars.copy_context().run, self._one, url, task_id))  # the run's request count
 
         def flush() -> pa.RecordBatch:
             batch = self.media.blob_batch(group, self.run_id)

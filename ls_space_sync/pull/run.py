@@ -38,7 +38,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from ls_space_sync.errors import Retriable
-from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS, LabelStudioError, ProjectInfo
+from ls_space_sync.labelstudio.client import CORE_TASK_FIELDS, LabelStudioError, ProjectInfo, RequestCount
 from ls_space_sync.logs import run_context
 from ls_space_sync.media import run as media_run
 from ls_space_sync.model.changes import ChangeSet, classify, full_scan_plan, stamp_of
@@ -124,21 +124,20 @@ class Syncer(Workspace):
         with writer_lock(self.settings, self.state, project_id, lock_root=self.root):
             recovered = self._recover(project_id)
             run = self.state.start_run(project_id, trigger=trigger)
-            requests_before = self.client.requests
-            try:
-                with run_context(run.run_id, project_id):
-                    result = self._run(run, project_id, full_scan, progress, requests_before, _after_commit)
-            except BaseException as exc:
-                self.state.finish_run(run.run_id, FAILED, error=_error_text(exc),
-                                      requests=self.client.requests - requests_before)
-                raise
+            with self.client.counting() as requests:
+                try:
+                    with run_context(run.run_id, project_id):
+                        result = self._run(run, project_id, full_scan, progress, requests, _after_commit)
+                except BaseException as exc:
+                    self.state.finish_run(run.run_id, FAILED, error=_error_text(exc), requests=requests.n)
+                    raise
             result.recovered = recovered
         if self.settings.views:  # after the lock: a view's refresh never holds up its source's next sync
             result.views = refresh_project_views(self, project_id)  # never raises; failures are recorded
         return result
 
     def _run(self, run: SyncRun, project_id: int, force_scan: bool,
-             progress: Callable[[int, int | None], None] | None, requests_before: int,
+             progress: Callable[[int, int | None], None] | None, requests: RequestCount,
              after_commit: Callable[[], None] | None) -> RunResult:
         store = self.store(project_id)
         fetch: Callable[[], None]
@@ -167,7 +166,7 @@ class Syncer(Workspace):
         if commit is None:
             self.state.checkpoint(project_id, signpost=signpost, full_scan=scanned)
             finished = self.state.finish_run(run.run_id, SKIPPED, signpost=signpost, full_scan=scanned,
-                                             requests=self.client.requests - requests_before)
+                                             requests=requests.n)
             return _result(finished, project_id)
         if after_commit:
             after_commit()  # tests: a crash between the commit and the bookkeeping
@@ -177,7 +176,7 @@ class Syncer(Workspace):
         self.state.checkpoint(project_id, signpost=signpost, full_scan=scanned)
         finished = self.state.finish_run(
             run.run_id, SUCCEEDED, version=commit, tag=plan.tag, signpost=signpost, full_scan=scanned,
-            requests=self.client.requests - requests_before, **plan.changes.counts,
+            requests=requests.n, **plan.changes.counts,
         )
         return _result(finished, project_id)
 

@@ -276,25 +276,26 @@ def push(
             s.add(PushRun(run_id=run.run_id, source_project=source_project, target_project=job.target,
                           source_version=ds.version, new_project=new_project))
         job.result = PushResult(source_project, job.target, ds.version, run.run_id, new_project=new_project)
-        before, started = syncer.client.requests, time.monotonic()
+        started = time.monotonic()
         tag = version if isinstance(version, str) and not version.isdigit() else None
-        try:
-            with run_context(run.run_id, source_project):
-                # Scan the target's task meta when a push may have died between import and links,
-                # and on --full (a repair), unless the target is new.
-                job.run(run.run_id, scan=not new_project and (scan or full))
-        except BaseException as exc:
-            if new_project:
-                log.error("the push into the new project %s stopped; push again with --to-project %s to finish it",
-                          job.target, job.target)
-            syncer.state.finish_run(run.run_id, FAILED, error=f"{type(exc).__name__}: {exc}"[:2000],
-                                    requests=syncer.client.requests - before, version=ds.version, tag=tag,
-                                    inserted=job.result.created, updated=job.result.updated, deleted=job.result.deleted)
-            raise
+        with syncer.client.counting() as requests:
+            try:
+                with run_context(run.run_id, source_project):
+                    # Scan the target's task meta when a push may have died between import and links,
+                    # and on --full (a repair), unless the target is new.
+                    job.run(run.run_id, scan=not new_project and (scan or full))
+            except BaseException as exc:
+                if new_project:
+                    log.error("the push into the new project %s stopped; push again with --to-project %s to finish "
+                              "it", job.target, job.target)
+                syncer.state.finish_run(run.run_id, FAILED, error=f"{type(exc).__name__}: {exc}"[:2000],
+                                        requests=requests.n, version=ds.version, tag=tag, inserted=job.result.created,
+                                        updated=job.result.updated, deleted=job.result.deleted)
+                raise
         r = job.result
         if job.media is not None:
             r.media_uploaded, r.media_rewritten = job.media.uploaded, job.media.rewritten
-        r.requests, r.seconds = syncer.client.requests - before, time.monotonic() - started
+        r.requests, r.seconds = requests.n, time.monotonic() - started
         r.status = SUCCEEDED if r.moved else SKIPPED
         syncer.state.finish_run(run.run_id, r.status, inserted=r.created, updated=r.updated, deleted=r.deleted,
                                 version=ds.version, tag=tag, requests=r.requests)

@@ -151,32 +151,32 @@ def apply_restore(syncer: Any, plan: RestorePlan, *, progress: bool = False) -> 
     from tqdm import tqdm
 
     client = syncer.client
-    before = client.requests
     out = RestoreResult()
-    if plan:
-        names = set().union(*(result_names(t) for t in plan.create + [w for w, _ in plan.update]))
-        if names:
-            check_label_config(client.project(plan.project_id).label_config, names, plan.project_id)
-        users = client.user_ids()
-        chunk = syncer.settings.push.chunk_size
-        with tqdm(total=len(plan.create) + len(plan.update) + len(plan.delete), unit="task",
-                  disable=not progress, desc=f"restore project {plan.project_id}") as bar:
-            for start in range(0, len(plan.create), chunk):
-                part = plan.create[start:start + chunk]
-                client.import_tasks(plan.project_id, [import_payload(t, None, users) for t in part])
-                out.created += len(part)
-                bar.update(len(part))
-            for want, have in plan.update:
-                ops = task_ops(import_payload(want, None, users), have, authors=True)
-                apply_ops(client, have["id"], ops)
-                out.updated += 1
-                bar.update(1)
-            for start in range(0, len(plan.delete), chunk):
-                removed = plan.delete[start:start + chunk]
-                client.delete_tasks(plan.project_id, removed)
-                out.deleted += len(removed)
-                bar.update(len(removed))
-    out.requests = client.requests - before
+    with client.counting() as requests:
+        if plan:
+            names = set().union(*(result_names(t) for t in plan.create + [w for w, _ in plan.update]))
+            if names:
+                check_label_config(client.project(plan.project_id).label_config, names, plan.project_id)
+            users = client.user_ids()
+            chunk = syncer.settings.push.chunk_size
+            with tqdm(total=len(plan.create) + len(plan.update) + len(plan.delete), unit="task",
+                      disable=not progress, desc=f"restore project {plan.project_id}") as bar:
+                for start in range(0, len(plan.create), chunk):
+                    part = plan.create[start:start + chunk]
+                    client.import_tasks(plan.project_id, [import_payload(t, None, users) for t in part])
+                    out.created += len(part)
+                    bar.update(len(part))
+                for want, have in plan.update:
+                    ops = task_ops(import_payload(want, None, users), have, authors=True)
+                    apply_ops(client, have["id"], ops)
+                    out.updated += 1
+                    bar.update(1)
+                for start in range(0, len(plan.delete), chunk):
+                    removed = plan.delete[start:start + chunk]
+                    client.delete_tasks(plan.project_id, removed)
+                    out.deleted += len(removed)
+                    bar.update(len(removed))
+    out.requests = requests.n
     out.pulled = syncer.run_once(plan.project_id, trigger="restore").summary()
     log.info("restored project %s to version %s: %s", plan.project_id, plan.version, json.dumps(out.as_dict()))
     return out

@@ -252,3 +252,27 @@ def test_a_run_that_died_leaves_no_staging_file_after_the_next_run(tmp_path, fak
     assert syncer.run_once(1).status == SUCCEEDED
     assert not staged.exists()
     assert syncer.state.runs(1)[-1].status == FAILED
+
+
+def test_runs_of_two_projects_at_once_each_count_only_their_own_requests(tmp_path, fake):
+    import threading
+
+    second = fake.project("second")
+    for i in range(25):
+        fake.add(f"a{i}")
+        fake.add(f"b{i}", project=second)
+    serial = {pid: make_syncer(tmp_path / f"serial{pid}").run_once(pid).requests for pid in (1, second)}
+    assert all(serial.values())
+    fake.after_tasks = lambda _n: time.sleep(0.05)  # every listing takes a while: the two runs' requests interleave
+    syncer = make_syncer(tmp_path / "together")  # one client for both runs, as in the daemon
+    results: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda pid=pid: results.__setitem__(pid, syncer.run_once(pid)))
+               for pid in (1, second)]
+    calls_before = len(fake.calls)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert {pid: r.requests for pid, r in results.items()} == serial
+    assert {pid: syncer.state.last_run(pid).requests for pid in (1, second)} == serial
+    assert len(fake.calls) - calls_before == sum(serial.values())  # and they did overlap: every request counted once
