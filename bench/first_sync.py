@@ -3,7 +3,11 @@
 Anchor: ``GET /api/projects/{id}/export?exportType=JSON&download_all_tasks=true`` streamed to a
 file (Label Studio's export; note that in 1.23 it lists predictions as bare ids, so it sends less
 than the sync reads). Ours: ``Syncer.run_once`` into an empty store, in a child process so that
-its peak RSS (``ru_maxrss`` from ``wait4``) is its own, not the benchmark's.
+its peak RSS is its own, not the benchmark's. The child reads its own ``VmHWM`` (``/proc/self/status``):
+``ru_maxrss`` from ``wait4`` is not used, because Python (3.10+) starts children with ``vfork`` and
+the kernel's ``exec`` records the high-water mark of the memory it replaces, i.e. the parent's, in
+the child's ``ru_maxrss`` (it read 689 MB for a child that never passed 190 MB, 2026-12-01, with the
+bench holding the 100,000-task load in memory).
 
 Peak RSS is measured at two project sizes, N and N/10 (a second project), plus a child that only
 imports the package and builds a ``Syncer`` (the floor). The child resets the kernel's peak
@@ -49,7 +53,8 @@ def sync_in_child(env: BenchEnv, project_id: int | None, profile: Path | None = 
     """Run a first sync of ``project_id`` in a fresh child process (``None``: only import, the floor).
 
     The store goes to ``keep_in`` (emptied first, kept after) or to a scratch folder (removed).
-    Returns the child's report plus ``peak_rss_mb`` (its ``ru_maxrss``) and ``wall_seconds``.
+    Returns the child's report plus ``peak_rss_mb`` (the larger of its import and sync peaks) and
+    ``wall_seconds``.
     """
     data_dir = keep_in or env.work / f"first-sync-{project_id}"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -69,7 +74,8 @@ def sync_in_child(env: BenchEnv, project_id: int | None, profile: Path | None = 
     report_file.unlink()
     if keep_in is None:
         shutil.rmtree(data_dir, ignore_errors=True)
-    report.update(peak_rss_mb=usage.ru_maxrss / 1024, wall_seconds=t["s"])
+    whole = max(report["import_peak_rss_mb"], report.get("sync_peak_rss_mb", 0.0))
+    report.update(peak_rss_mb=whole, ru_maxrss_mb=usage.ru_maxrss / 1024, wall_seconds=t["s"])
     return report
 
 
@@ -95,6 +101,7 @@ def child(args: argparse.Namespace) -> None:
                              overrides={"data_dir": str(args.data_dir)})
     report: dict[str, Any] = {}
     with Syncer(settings) as syncer:
+        report["import_peak_rss_mb"] = _status_mb("VmHWM")  # the imports' peak, before the reset
         Path("/proc/self/clear_refs").write_text("5")
         report["rss_before_sync_mb"] = _status_mb("VmRSS")
         if args.project is not None:
@@ -136,11 +143,11 @@ def run(env: BenchEnv) -> list[Row]:
         Row("first_sync", f"peak RSS during the sync, {n} vs {small_n:,} tasks", big["sync_peak_rss_mb"],
             small["sync_peak_rss_mb"], "MB", 1.25),
         # Issue 15's absolute goal: the whole sync process (imports included) under 1 GB at 100,000 tasks.
-        Row("first_sync", f"whole process peak (ru_maxrss) at {n} tasks vs 1 GB", big["peak_rss_mb"], 1024.0, "MB",
+        Row("first_sync", f"whole process peak (VmHWM) at {n} tasks vs 1 GB", big["peak_rss_mb"], 1024.0, "MB",
             1.0),
         Row("first_sync", f"  growth during the sync (peak - RSS before it), {n} vs {small_n:,} tasks",
             growth(big), growth(small), "MB", None),
-        Row("first_sync", f"  whole process peak (ru_maxrss, imports included), {n} vs {small_n:,} tasks",
+        Row("first_sync", f"  whole process peak (VmHWM, imports included), {n} vs {small_n:,} tasks",
             big["peak_rss_mb"], small["peak_rss_mb"], "MB", None),
     ]
 
