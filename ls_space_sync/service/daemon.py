@@ -8,6 +8,9 @@
   syncs once at start. At most one instance at a time; missed runs are coalesced into one.
 - ``webhook-<id>``: a one-off run ``server.debounce_seconds`` after a webhook event. While one
   is pending, further events of the project change nothing, so a burst gives one or two runs.
+  One that finds the project locked by this daemon's own running job of it (the poll) runs as
+  soon as that job ends; locked by another process or daemon, it tries again
+  ``LOCKED_RETRY_SECONDS`` later.
 - ``compact-<id>``: ``maintenance.compact_project`` every ``compaction.interval_seconds`` (only
   when set).
 - ``discover``: with ``projects: all``, re-reads the project list on the poll interval.
