@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from datetime import timedelta
 
@@ -188,18 +189,21 @@ def test_project_read_goes_out_with_the_fetch_and_the_signpost_allows_for_it(tmp
     fake.tick(60)
     fake.touch(1, text="b")
     read = syncer.client.project
+    listed = threading.Event()
+    overlapped = []
 
-    def slow_read(project_id):  # the server answers the project read 0.3 s after the fetch went out
-        time.sleep(0.3)
+    def slow_read(project_id):  # the project read is answered only once the fetch has been served
+        overlapped.append(listed.wait(10))
+        time.sleep(0.3)  # and 0.3 s after it
         return read(project_id)
 
+    fake.after_tasks = lambda _n: listed.set()
     monkeypatch.setattr(syncer.client, "project", slow_read)
     fake.calls.clear()
-    started = time.monotonic()
     result = syncer.run_once(1)
     assert result.updated == 1
     assert [c.url.path for c in fake.calls] == ["/api/tasks/", "/api/projects/1/"]  # the fetch did not wait
-    assert time.monotonic() - started < 0.3 + 0.3 * 0.9  # the two overlapped
+    assert overlapped == [True]  # the two overlapped: the read was still out when the listing was served
     # Date said fake.now, stamped >= 0.3 s after the fetch was sent: the cursor is taken back by that too.
     cursor = syncer.state.cursor(1).cursor
     assert fake.now - timedelta(seconds=5 + 2) < cursor <= fake.now - timedelta(seconds=5 + 0.3)
@@ -255,8 +259,6 @@ def test_a_run_that_died_leaves_no_staging_file_after_the_next_run(tmp_path, fak
 
 
 def test_runs_of_two_projects_at_once_each_count_only_their_own_requests(tmp_path, fake):
-    import threading
-
     second = fake.project("second")
     for i in range(25):
         fake.add(f"a{i}")
