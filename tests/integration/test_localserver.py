@@ -43,7 +43,7 @@ def test_ensure_venv_is_quick_when_present(label_studio: LocalLabelStudio) -> No
     started = time.monotonic()
     executable = ensure_venv(label_studio.venv, log=pytest.fail)  # must not log: nothing to do
     assert executable == label_studio.venv / "bin" / "label-studio"
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 30  # a reinstall takes minutes; a check, a second or so
 
 
 def test_health_answers_on_loopback(label_studio: LocalLabelStudio) -> None:

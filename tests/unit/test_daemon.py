@@ -257,7 +257,7 @@ def test_stop_gives_up_after_its_timeout(tmp_path, fake, daemons):
     wait_for(lambda: d._running)
     started = time.monotonic()
     assert d.stop(timeout=0.3) is False
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 8  # gave up at its timeout, not when the 10 s run ended
     release.set()
     worker.join(10)
 
