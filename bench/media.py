@@ -81,8 +81,9 @@ def make_images(root: Path, prefix: str, n: int, px: int, seed: int) -> list[str
     names = []
     for i in range(n):
         name = f"{prefix}-{i}.png"
+        pixels = rng.randbytes(3 * px * px)  # drawn even for a file already there, so file i is always the same
         if not (root / name).exists():
-            Image.frombytes("RGB", (px, px), rng.randbytes(3 * px * px)).save(root / name)
+            Image.frombytes("RGB", (px, px), pixels).save(root / name)
         names.append(name)
     return names
 
