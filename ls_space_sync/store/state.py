@@ -326,16 +326,16 @@ def use_wal(engine: Engine) -> bool:
         mode = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower()
     if mode == "wal":
         return True
-    conn = engine.raw_connection()  # its own connection, closed below: it changes the busy timeout
+    raw = engine.raw_connection()  # its own connection, closed below: it changes the busy timeout
     try:
-        cursor = conn.cursor()
+        cursor = raw.cursor()
         cursor.execute("PRAGMA busy_timeout = 0")  # a busy database: leave it, never wait
         mode = str(cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
     except Exception as exc:  # noqa: BLE001 - sqlite3.OperationalError: locked by another process
         log.debug("state database %s: journal mode left as it is (%s)", _where(engine), exc)
         return False
     finally:
-        conn.invalidate()  # never back to the pool with busy_timeout 0
+        raw.invalidate()  # never back to the pool with busy_timeout 0
     engine.dispose()  # the pooled connections were opened in the old mode: reopened, they get NORMAL
     return mode == "wal"
 
