@@ -123,12 +123,22 @@ class MediaStore:
 
     @staticmethod
     def blob_batch(files: list[Fetched], run_id: str) -> pa.RecordBatch:
-        """Rows of :data:`BLOB_SCHEMA` for downloaded files."""
+        """Rows of :data:`BLOB_SCHEMA` for downloaded files.
+
+        The arrays come from the system allocator, not pyarrow's default (mimalloc in the Linux
+        wheels), which keeps the freed buffers of every written batch: a first sync of 20,000 images
+        peaked at 487-513 MB with it and 287 MB with the system pool (bench/media.py's child,
+        2026-12-01, docs/media.md).
+        """
+        pool = pa.system_memory_pool()
         return pa.record_batch([
-            pa.array([f.sha256 for f in files]), pa.array([f.size for f in files], pa.int64()),
-            pa.array([f.mime for f in files]), pa.array([f.width for f in files], pa.int32()),
-            pa.array([f.height for f in files], pa.int32()), pa.array([f.url for f in files]),
-            pa.array([run_id] * len(files)), pa.array([f.read() for f in files], pa.large_binary()),
+            pa.array([f.sha256 for f in files], memory_pool=pool),
+            pa.array([f.size for f in files], pa.int64(), memory_pool=pool),
+            pa.array([f.mime for f in files], memory_pool=pool),
+            pa.array([f.width for f in files], pa.int32(), memory_pool=pool),
+            pa.array([f.height for f in files], pa.int32(), memory_pool=pool),
+            pa.array([f.url for f in files], memory_pool=pool), pa.array([run_id] * len(files), memory_pool=pool),
+            pa.array([f.read() for f in files], pa.large_binary(), memory_pool=pool),
         ], schema=BLOB_SCHEMA)
 
     def append_blobs(self, batches: Iterator[pa.RecordBatch], run_id: str) -> int:
