@@ -495,10 +495,11 @@ class Daemon:
         Returns:
             The run's result, or ``None`` if it did not run (daemon stopping, project locked) or failed.
         """
-        with self._slot(f"{trigger}-{project_id}", project_id) as go:
-            return self._sync(project_id, trigger) if go else None
+        key = f"{trigger}-{project_id}"
+        with self._slot(key, project_id) as go:
+            return self._sync(project_id, trigger, key) if go else None
 
-    def _sync(self, project_id: int, trigger: str) -> RunResult | None:
+    def _sync(self, project_id: int, trigger: str, key: str) -> RunResult | None:
         status = self.status.setdefault(project_id, ProjectStatus())
         if trigger == "schedule" and self.membership is not None and not self.owns(project_id):
             # Queued before the members changed: the project's new holder polls it.
@@ -517,7 +518,7 @@ class Daemon:
                 def retry(delay: float) -> datetime:
                     return self._one_off(_sync, [project_id, trigger], f"webhook-{project_id}",
                                          f"sync project {project_id} ({trigger}, retry)", delay)
-                if not self._after_running(project_id, f"{trigger}-{project_id}", lambda: retry(0.0)):
+                if not self._after_running(project_id, key, lambda: retry(0.0)):
                     retry(LOCKED_RETRY_SECONDS)
             return None
         except (LabelStudioError, StoreError, ValueError) as exc:
